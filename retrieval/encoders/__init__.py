@@ -1,0 +1,63 @@
+"""Encoder registry: one place turns an encoder name into an encoder object.
+
+Image names: efficientnet-lite0 (default part), efficientnet-lite2, resnet18, resnet50, fake-image; several joined
+with "+" are concatenated (e.g. "efficientnet-lite0+efficientnet-lite2"). Text names: all-mpnet-base-v2,
+all-MiniLM-L6-v2, bert-base-uncased (or any hub id, online), fake-text.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+from retrieval.encoders.base import FloatArray, ImageEncoder, TextEncoder, encode_images
+
+__all__ = ["FloatArray", "ImageEncoder", "TextEncoder", "encode_images", "build_image_encoder", "build_text_encoder",
+           "IMAGE_ENCODERS", "TEXT_ENCODERS"]
+
+IMAGE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite2", "resnet18", "resnet50", "fake-image")
+TEXT_ENCODERS = ("all-mpnet-base-v2", "all-MiniLM-L6-v2", "bert-base-uncased", "fake-text")
+
+
+def _one_image(name: str, weights: Path | None, views: Sequence[str], random_init: bool) -> ImageEncoder:
+    from retrieval.encoders import image
+
+    if name.startswith("efficientnet-lite"):
+        if name not in ("efficientnet-lite0", "efficientnet-lite2"):
+            raise ValueError(f"image encoder {name!r} is not supported; choose from {IMAGE_ENCODERS}")
+        return image.efficientnet_lite(name, weights, views)
+    if name in ("resnet18", "resnet50"):
+        return image.resnet(name, weights, views, random_init=random_init)
+    if name == "fake-image":
+        from retrieval.encoders.fake import FakeImageEncoder
+
+        return FakeImageEncoder()
+    raise ValueError(f"image encoder {name!r} is not supported; choose from {IMAGE_ENCODERS}")
+
+
+@lru_cache(maxsize=8)
+def build_image_encoder(
+    name: str, weights: Path | None = None, views: tuple[str, ...] = ("center",), random_init: bool = False
+) -> ImageEncoder:
+    """Cached per process: loading a CNN costs ~0.5 s and the server/CLI ask more than once."""
+    names = name.split("+")
+    if len(names) == 1:
+        return _one_image(name, weights, views, random_init)
+    from retrieval.encoders.image import ConcatImageEncoder
+
+    return ConcatImageEncoder([_one_image(n, None, views, random_init) for n in names])  # type: ignore[list-item]
+
+
+@lru_cache(maxsize=8)
+def build_text_encoder(name: str, random_init: bool = False, max_tokens: int = 128) -> TextEncoder:
+    from retrieval.encoders import text
+
+    if name == "fake-text":
+        from retrieval.encoders.fake import FakeTextEncoder
+
+        return FakeTextEncoder()
+    if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        return text.load_hf("all-MiniLM-L6-v2", text.minilm_path(), max_tokens, random_init)
+    if name in ("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"):
+        return text.load_hf("all-mpnet-base-v2", text.mpnet_path(), max_tokens, random_init)
+    return text.load_hf(name, None, max_tokens, random_init)

