@@ -14,15 +14,20 @@ from retrieval import __version__
 from retrieval.errors import RetrievalError
 
 
+def run_guarded(fn):
+    """Run `fn()`; a RetrievalError becomes `error: <message>` on stderr and its exit code (no traceback)."""
+    try:
+        return fn()
+    except RetrievalError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+
+
 class _Group(click.Group):
     """Maps library errors to `error: <message>` + exit code instead of a traceback."""
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except RetrievalError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(err.exit_code)
+        return run_guarded(lambda: super(_Group, self).invoke(ctx))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,6 +37,95 @@ def cli() -> None:
 
 
 # Commands are added below, one block each: report, train, score, evaluate, build-index, query, serve.
+
+
+@cli.command("report")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder in the course layout (train_dataset.csv, annotations, train_images/).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output folder for index.html and the PNG plots (replaced atomically).")
+def report_cmd(data_dir: Path, out_dir: Path) -> None:
+    """Write an EDA report of the course data; prints the path of index.html."""
+    from retrieval.report import write_report
+
+    click.echo(str(write_report(data_dir, out_dir)))
+
+@cli.command("build-index")
+@click.argument("images_dir", type=click.Path(path_type=Path))
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder to create or update.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (default: the shipped model).")
+@click.option("--workers", type=int, default=None, help="Parallel image decoders (default: number of cores).")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True)
+@click.option("--max-megapixels", type=click.FloatRange(0.01, None), default=100.0, show_default=True,
+              help="Skip images larger than this (decompression-bomb guard).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def build_index_cmd(images_dir: Path, index_dir: Path, model_dir: Path | None, workers: int | None,
+                    batch_size: int, max_megapixels: float, quiet: bool) -> None:
+    """Embed the images under IMAGES_DIR (recursively) into INDEX_DIR; re-runs are incremental."""
+    from retrieval.build import build_index_with_model
+
+    report = build_index_with_model(images_dir, index_dir, model_dir, workers=workers, batch_size=batch_size,
+                                    max_megapixels=max_megapixels, progress=not quiet)
+    for rel_path, reason in report.failures:
+        click.echo(f"skipped {rel_path}: {reason}", err=True)
+    click.echo(f"{index_dir}: added {report.added}, updated {report.updated}, removed {report.removed}, "
+               f"skipped {report.skipped}; {report.count} images indexed")
+
+
+@cli.command("query")
+@click.argument("text", required=False)
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder from build-index.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (must match the index).")
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Number of results per query.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per query per line.")
+@click.option("--queries-file", type=click.Path(path_type=Path), default=None,
+              help="One query per line, or a course test_queries.csv (its query_text column).")
+@click.option("--min-score", type=float, default=0.0, show_default=True, help="Drop hits scored below this (0..1).")
+@click.option("--policy", type=click.Choice(["strict", "audit", "off"]), default="strict", show_default=True,
+              help="strict: withhold child content; audit: show and flag it; off: no legal processing.")
+def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int, as_json: bool,
+              queries_file: Path | None, min_score: float, policy: str) -> None:
+    """Search INDEX_DIR for TEXT (or every query of --queries-file); scores are calibrated 0..1 relevance."""
+    import json
+
+    from retrieval.errors import InvalidQueryError
+    from retrieval.policy.apply import apply_policy
+    from retrieval.search import Retriever
+
+    if (text is None) == (queries_file is None):
+        raise InvalidQueryError("give either a query TEXT or --queries-file FILE (not both, not neither)")
+    if k <= 0:
+        raise InvalidQueryError(f"k must be a positive integer, got {k}; pass e.g. -k 10")
+    if queries_file is not None:
+        from retrieval.data.course import read_queries_file
+
+        texts = read_queries_file(queries_file)
+    else:
+        texts = [text]
+    retriever = Retriever.open(index_dir, model_dir)
+    for check in map(retriever.check_query, texts):
+        if check.truncated:
+            click.echo(f"note: query of {check.n_tokens} tokens truncated to the encoder's limit of "
+                       f"{check.max_tokens}: {check.text[:60]!r}", err=True)
+    for raw in retriever.search_many(texts, k=k, min_score=min_score):
+        out = apply_policy(raw, policy)
+        click.echo(json.dumps(out, ensure_ascii=False) if as_json else format_table(out))
+
+
+def format_table(result: dict) -> str:
+    """Readable table of one policy-applied result."""
+    lines = [f"query: {result['query']}"]
+    if result["restricted"] and not result["hits"]:
+        return "\n".join(lines + [f"  [restricted] {result['disclaimer']}"])
+    if not result["hits"]:
+        return "\n".join(lines + ["  (no hits)"])
+    lines.append(f"  {'rank':>4}  {'score':>5}  image")
+    for hit in result["hits"]:
+        shown = hit["path"] if hit["path"] else f"[{hit['disclaimer']}]"
+        flag = "  (restricted)" if hit["restricted"] and hit["path"] else ""
+        lines.append(f"  {hit['rank']:>4}  {hit['score']:.3f}  {shown}{flag}")
+    return "\n".join(lines)
+
 
 
 def main() -> None:

@@ -1,0 +1,120 @@
+"""Choose and build the FAISS index over L2-normalised vectors (metric "ip" = cosine).
+
+Choice:
+- n < `flat_max` (default 50,000): `IndexFlatIP`, exact. 50k x 256-d brute force is ~2 ms per query on one core,
+  and exact is what the tests compare against.
+- n >= flat_max: `IndexIVFScalarQuantizer` (8-bit SQ, inner product), nlist = 4*sqrt(n) coarse cells (k-means
+  on at most 64 points per cell), nprobe = max(32, nlist // 16). Stored bytes/image = d (SQ8 codes) + 8 (id),
+  i.e. 264 B at d=256, plus the float vectors in `vectors.npy` (memory-mapped, only candidate rows are paged in
+  for reranking). 1M images: ~0.27 GB for the IVF + ~0.13 GB k-means/lists overhead, far under 4 GB; a flat
+  float32 index would need 1.0 GB.
+
+How recall was measured (`python benchmarks/bench_ann.py`, numbers in benchmarks/results/ann.json): vectors are
+NOT iid Gaussian (on which every ANN looks bad and nothing is learned) but `synthetic_clustered`: an anisotropic
+(power-law spectrum) space with Zipf-sized clusters, points at cosine ~0.6 to their centre, like CNN/text
+embeddings after projection. Queries are held-out, noisier cluster draws (nearest cosine ~0.45, like a text query
+vs images, the hard case for IVF since neighbours spread over more cells). recall@10 = |ANN top10 ∩ exact
+top10| / 10 averaged over 500 queries, exact = IndexFlatIP on the same float32 vectors.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+#: Below this many vectors the index is exact (IndexFlatIP).
+FLAT_MAX = 50_000
+#: k-means trains on at most this many points per IVF cell (faiss warns below 39).
+TRAIN_POINTS_PER_LIST = 64
+
+
+def ivf_params(n: int) -> dict[str, int]:
+    nlist = max(16, int(round(4 * math.sqrt(n))))
+    return {"nlist": nlist, "nprobe": min(nlist, max(32, nlist // 16))}
+
+
+def build_ann(
+    vectors: FloatArray, metric: str = "ip", flat_max: int = FLAT_MAX, seed: int = 0
+) -> tuple[Any, dict[str, Any]]:
+    """(faiss index holding all rows, id i = row i; params for the manifest incl. "index_type")."""
+    import faiss
+
+    if metric != "ip":
+        raise ValueError(f"metric {metric!r} is not supported; the index stores L2-normalised vectors, use 'ip'")
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be 2-D (n, dim), got shape {x.shape}")
+    n, dim = x.shape
+    if n < flat_max:
+        index = faiss.IndexFlatIP(dim)
+        index.add(x)
+        return index, {"index_type": "flat", "flat_max": flat_max}
+    params = ivf_params(n)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, params["nlist"], faiss.ScalarQuantizer.QT_8bit,
+                                          faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    rng = np.random.default_rng(seed)
+    n_train = min(n, params["nlist"] * TRAIN_POINTS_PER_LIST)
+    train = x if n_train == n else x[np.sort(rng.choice(n, n_train, replace=False))]
+    index.train(train)
+    index.add(x)
+    index.nprobe = params["nprobe"]
+    return index, {"index_type": "ivf_sq8", "flat_max": flat_max, **params}
+
+
+def apply_search_params(index: Any, params: dict[str, Any]) -> Any:
+    """Restore query-time knobs (nprobe) from the manifest after `faiss.read_index`."""
+    if "nprobe" in params and hasattr(index, "nprobe"):
+        index.nprobe = int(params["nprobe"])
+    return index
+
+
+def recall_at_k(ann: Any, exact: Any, queries: FloatArray, k: int = 10) -> float:
+    """Mean |ANN top-k ∩ exact top-k| / k over the queries."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    _, got = ann.search(q, k)
+    _, ref = exact.search(q, k)
+    hits = [len(set(a[a >= 0].tolist()) & set(b[b >= 0].tolist())) for a, b in zip(got, ref)]
+    return float(np.mean(hits) / k) if hits else 1.0
+
+
+def synthetic_clustered(
+    n: int, dim: int = 256, n_clusters: int | None = None, seed: int = 0, spread: float = 0.6
+) -> tuple[FloatArray, FloatArray]:
+    """(n, dim) L2-normalised clustered vectors + the cluster centres, built batch-wise (1M x 256 is fine).
+
+    Anisotropic: a random basis with power-law singular values (like real embeddings); Zipf cluster sizes;
+    `spread` ~ cosine of a point to its centre.
+    """
+    rng = np.random.default_rng(seed)
+    n_clusters = n_clusters or max(8, n // 200)
+    scales = (1.0 / np.arange(1, dim + 1) ** 0.5).astype(np.float32)
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0].astype(np.float32) * scales[None, :]
+    centres = _unit(rng.standard_normal((n_clusters, dim)).astype(np.float32) @ basis.T)
+    weights = 1.0 / np.arange(1, n_clusters + 1) ** 0.8
+    labels = rng.choice(n_clusters, size=n, p=weights / weights.sum())
+    noise_scale = math.sqrt(1.0 / spread**2 - 1.0)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):
+        lab = labels[start : start + 100_000]
+        noise = _unit(rng.standard_normal((len(lab), dim)).astype(np.float32) @ basis.T)
+        out[start : start + len(lab)] = _unit(centres[lab] + noise_scale * noise)
+    return out, centres
+
+
+def synthetic_queries(centres: FloatArray, n: int, seed: int = 1, spread: float = 0.45) -> FloatArray:
+    """Noisier draws around random centres (a text query is farther from its images than images are)."""
+    rng = np.random.default_rng(seed)
+    dim = centres.shape[1]
+    lab = rng.integers(0, len(centres), n)
+    noise = _unit(rng.standard_normal((n, dim)).astype(np.float32))
+    return _unit(centres[lab] + math.sqrt(1.0 / spread**2 - 1.0) * noise)
+
+
+def _unit(x: FloatArray) -> FloatArray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)

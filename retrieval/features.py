@@ -1,0 +1,208 @@
+"""Encoder features of the course data (all train images, all unique texts), computed once and cached.
+
+Each (single image encoder, view) pair and each text encoder is cached separately as
+`cache_dir()/features/<key>.npz`, so any subset of views can be averaged later without re-running a CNN.
+The key holds the encoder id, its weight checksum, the view and a fingerprint of the inputs (file names and
+sizes for images, the text list for texts): a different checkpoint or data set never hits a stale cache.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from retrieval.config import cache_dir
+from retrieval.errors import DatasetError
+
+FloatArray = npt.NDArray[np.float32]
+#: progress(stage, done, total)
+Progress = Callable[[str, int, int], None]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class CourseEmbeddings:
+    """Row i of `image_feats` is `image_names[i]`; row j of `text_feats` is `texts[j]` (unique, sorted)."""
+
+    image_names: list[str]
+    image_feats: FloatArray
+    texts: list[str]
+    text_feats: FloatArray
+
+    def text_index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.texts)}
+
+    def image_index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.image_names)}
+
+
+# ----------------------------------------------------------------------------------------------- course inputs
+def course_image_names(data_dir: Path) -> list[str]:
+    folder = Path(data_dir) / "train_images"
+    if not folder.is_dir():
+        raise DatasetError(f"no train_images/ folder in {str(data_dir)!r}; pass the course folder to --data")
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+
+
+def read_extra_captions(data_dir: Path) -> list[tuple[str, str]]:
+    """extra_captions.tsv -> [(query_id, caption)] (empty when the file is absent)."""
+    path = Path(data_dir) / "extra_captions.tsv"
+    if not path.is_file():
+        return []
+    out = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if not row:
+                continue
+            if len(row) < 2:
+                raise DatasetError(f"{path}:{lineno}: expected `image#n<TAB>caption`, got {row!r}")
+            out.append((row[0].strip(), row[1].strip()))
+    return out
+
+
+def read_train_queries(data_dir: Path) -> list[tuple[str, str, str]]:
+    """train_dataset.csv -> [(image, query_id, query_text)]."""
+    path = Path(data_dir) / "train_dataset.csv"
+    if not path.is_file():
+        raise DatasetError(f"no train_dataset.csv in {str(data_dir)!r}; pass the course folder to --data")
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"image", "query_id", "query_text"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"{path}: missing columns {sorted(missing)}; expected image,query_id,query_text")
+        return [(r["image"].strip(), r["query_id"].strip(), r["query_text"].strip()) for r in reader]
+
+
+def course_texts(data_dir: Path) -> list[str]:
+    """All unique texts: train_dataset query texts + extra captions, sorted for a stable order."""
+    texts = {t for _, _, t in read_train_queries(data_dir)} | {c for _, c in read_extra_captions(data_dir)}
+    return sorted(t for t in texts if t)
+
+
+# ----------------------------------------------------------------------------------------------- caching
+def _sha(parts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _feature_dir() -> Path:
+    return cache_dir() / "features"
+
+
+def _decode(path: Path) -> Any:
+    """RGB PIL image, EXIF orientation applied. Prefers the shared loader when it exists."""
+    try:
+        from retrieval.imageio import load_image  # type: ignore[attr-defined]
+
+        return load_image(path)
+    except ImportError:
+        from PIL import Image, ImageOps
+
+        with Image.open(path) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+
+
+def image_view_features(
+    data_dir: Path, encoder_name: str, view: str, progress: Progress | None = None, batch_size: int = 16
+) -> tuple[list[str], FloatArray]:
+    """Raw (un-normalised) features of every train image for ONE encoder and ONE view, cached."""
+    from retrieval.encoders import build_image_encoder
+
+    data_dir = Path(data_dir)
+    names = course_image_names(data_dir)
+    folder = data_dir / "train_images"
+    encoder = build_image_encoder(encoder_name, views=(view,))
+    data_fp = _sha([f"{n}:{(folder / n).stat().st_size}" for n in names])
+    key = _sha([encoder_name, encoder.checksum(), view, data_fp])[:24]
+    path = _feature_dir() / f"img-{encoder_name}-{view}-{key}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return [str(n) for n in z["names"]], z["feats"].astype(np.float32)
+    feats = np.zeros((len(names), encoder.dim), np.float32)
+    for start in range(0, len(names), batch_size):
+        chunk = names[start : start + batch_size]
+        items = [encoder.preprocess(_decode(folder / n)) for n in chunk]
+        feats[start : start + len(chunk)] = encoder.embed_batch(items)
+        if progress:
+            progress(f"{encoder_name}[{view}]", start + len(chunk), len(names))
+    _save_npz(path, names=np.array(names), feats=feats)
+    return names, feats
+
+
+def text_features(texts: Sequence[str], encoder_name: str, progress: Progress | None = None) -> FloatArray:
+    """Raw text features for `texts` (cached by encoder id + checksum + the exact text list)."""
+    from retrieval.encoders import build_text_encoder
+
+    encoder = build_text_encoder(encoder_name)
+    key = _sha([encoder_name, encoder.checksum(), str(encoder.max_tokens), _sha(list(texts))])[:24]
+    path = _feature_dir() / f"txt-{encoder_name}-{key}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return z["feats"].astype(np.float32)
+    chunks = []
+    step = 256
+    for start in range(0, len(texts), step):
+        chunks.append(encoder.encode(list(texts[start : start + step])))
+        if progress:
+            progress(encoder_name, min(start + step, len(texts)), len(texts))
+    feats = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, encoder.dim), np.float32)
+    _save_npz(path, feats=feats)
+    return feats
+
+
+def _l2(x: FloatArray) -> FloatArray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def combine_image_features(
+    data_dir: Path, image_encoder: str, views: Sequence[str], progress: Progress | None = None
+) -> tuple[list[str], FloatArray]:
+    """Same features the live encoder gives: mean over views per part; "+"-joined parts L2-normalised, concatenated."""
+    parts = image_encoder.split("+")
+    names: list[str] = []
+    blocks = []
+    for part in parts:
+        per_view = []
+        for view in views:
+            names, f = image_view_features(data_dir, part, view, progress)
+            per_view.append(f)
+        mean = np.mean(per_view, axis=0).astype(np.float32)
+        blocks.append(_l2(mean) if len(parts) > 1 else mean)
+    return names, np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def course_embeddings(
+    data_dir: Path | str,
+    image_encoder: str,
+    text_encoder: str,
+    views: Sequence[str] = ("center",),
+    progress: Progress | None = None,
+) -> CourseEmbeddings:
+    """Embeddings of all train images and all unique course texts (cached per encoder and view)."""
+    data_dir = Path(data_dir)
+    names, image_feats = combine_image_features(data_dir, image_encoder, tuple(views), progress)
+    texts = course_texts(data_dir)
+    return CourseEmbeddings(names, image_feats, texts, text_features(texts, text_encoder, progress))

@@ -1,0 +1,59 @@
+"""Static HTML pages of search results (demo page, evaluate sheets).
+
+Input is already policy-applied JSON (`apply_policy` output), so a withheld image has no name or path here and is
+drawn as the disclaimer tile.
+"""
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
+h1{font-size:22px} h2{font-size:17px;margin:28px 0 8px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}
+.card{width:200px;background:#fff;border:1px solid #ddd;border-radius:8px;overflow:hidden}
+.card img{width:200px;height:150px;object-fit:cover;display:block}
+.meta{padding:6px 8px;font-size:12px}
+.bar{height:6px;background:#eee;border-radius:3px;margin-top:4px}.bar>span{display:block;height:6px;border-radius:3px;background:#2a7}
+.blocked{width:200px;height:150px;display:flex;align-items:center;justify-content:center;text-align:center;
+ background:#333;color:#fff;font-size:12px;padding:10px;box-sizing:border-box}
+.note{background:#fff3cd;border:1px solid #e0c36c;padding:8px 12px;border-radius:6px;display:inline-block}
+"""
+
+
+def _tile(hit: dict[str, Any], src: Callable[[dict[str, Any]], str]) -> str:
+    score = float(hit["score"])
+    meta = f'<div class="meta">#{hit["rank"]} &middot; score {score:.2f}<div class="bar"><span style="width:{score * 100:.0f}%"></span></div>'
+    if hit.get("image") is None:
+        body = f'<div class="blocked">{html.escape(hit.get("disclaimer") or "")}</div>'
+    else:
+        flag = " &middot; <b>restricted</b>" if hit.get("restricted") else ""
+        meta += f'<div>{html.escape(hit["image"])}{flag}</div>'
+        body = f'<img loading="lazy" src="{html.escape(src(hit))}" alt="{html.escape(hit["image"])}">'
+    return f'<div class="card">{body}{meta}</div></div>'
+
+
+def results_page(title: str, results: Iterable[dict[str, Any]], out_html: Path, intro: str = "",
+                 src: Callable[[dict[str, Any]], str] | None = None) -> Path:
+    """Write a page with one row of tiles per query. `src(hit)` gives the <img> URL (default: path relative to the page)."""
+    out_html = Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    if src is None:
+        src = lambda hit: Path(os.path.relpath(hit["path"], out_html.parent)).as_posix()  # noqa: E731
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title><style>{_CSS}</style>",
+             f"<h1>{html.escape(title)}</h1>", intro]
+    for res in results:
+        parts.append(f'<h2>&ldquo;{html.escape(res["query"])}&rdquo;</h2>')
+        if res.get("restricted") and not res["hits"]:
+            parts.append(f'<div class="note">{html.escape(res.get("disclaimer") or "")}</div>')
+        elif not res["hits"]:
+            parts.append('<div class="note">No image scored above the threshold.</div>')
+        else:
+            parts.append('<div class="grid">' + "".join(_tile(h, src) for h in res["hits"]) + "</div>")
+    tmp = out_html.with_name(f".{out_html.name}.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, out_html)
+    return out_html

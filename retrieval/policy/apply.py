@@ -1,0 +1,96 @@
+"""THE single choke point of the legal rule: every output (CLI, JSON, evaluate sheets, demo, web API) goes through
+`apply_policy`, so a withheld image's name or path can never reach a user by another route.
+
+Policies:
+    strict (default): a child query -> restricted, no hits, disclaimer. A flagged image keeps its rank and score
+        but its image and path become null and the hit carries the disclaimer.
+    audit: nothing withheld (for reviewers); the restricted flags show what strict would withhold; disclaimers
+        are null because nothing is replaced.
+    off: no legal processing: restricted false and disclaimer null everywhere.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from retrieval.config import DISCLAIMER
+from retrieval.errors import InvalidQueryError
+from retrieval.policy.lexicon import is_child_text
+from retrieval.policy.types import DEFAULT_IMAGE_THRESHOLD, DEFAULT_POLICY, POLICIES, Hit, Policy, RawResult
+
+__all__ = ["apply_policy", "apply_policy_many", "validate_policy", "query_is_child", "hit_is_restricted",
+           "Hit", "RawResult", "Policy", "POLICIES", "DEFAULT_POLICY"]
+
+
+def validate_policy(name: str) -> Policy:
+    """Return `name` as a Policy, or raise InvalidQueryError naming the bad value and the choices."""
+    if name not in POLICIES:
+        raise InvalidQueryError(f"unknown policy {name!r}; use --policy with one of: {', '.join(POLICIES)}")
+    return name  # type: ignore[return-value]
+
+
+def query_is_child(query: str, text_prob: float | None = None, threshold: float = 0.5) -> bool:
+    """A query is restricted when the lexicon fires OR the text probe's probability reaches its threshold."""
+    return is_child_text(query) or (text_prob is not None and float(text_prob) >= threshold)
+
+
+def hit_is_restricted(hit: Any, image_threshold: float = DEFAULT_IMAGE_THRESHOLD) -> bool:
+    """True when the hit is force-flagged or its image-probe probability reaches the threshold."""
+    if getattr(hit, "flagged", None):
+        return True
+    prob = getattr(hit, "child_prob", None)
+    return prob is not None and float(prob) >= image_threshold
+
+
+def _image_name(hit: Any) -> str:
+    name = getattr(hit, "image", None)
+    return str(name) if name else Path(str(hit.path)).name
+
+
+def _hit_json(hit: Any, rank: int, restricted: bool, withhold: bool) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "image": None if withhold else _image_name(hit),
+        "path": None if withhold else str(hit.path),
+        "score": float(hit.score),
+        "restricted": restricted,
+        "disclaimer": DISCLAIMER if withhold else None,
+    }
+
+
+def apply_policy(result: RawResult | Any, policy: str = DEFAULT_POLICY) -> dict[str, Any]:
+    """Turn one query's raw hits into the public JSON object under `policy`.
+
+    Args:
+        result: a RawResult, or any object with `query`, `query_child`, `hits` (objects with rank, image, path,
+            score, child_prob, optionally flagged) and optionally `image_threshold`.
+        policy: "strict", "audit" or "off".
+
+    Returns:
+        {"query", "restricted", "disclaimer", "hits": [{"rank", "image", "path", "score", "restricted",
+        "disclaimer"}]} -- json.dumps-able (plain str/float/bool/None).
+    """
+    policy = validate_policy(policy)
+    hits = list(result.hits)
+    ranks = [int(getattr(h, "rank", i + 1)) for i, h in enumerate(hits)]
+    if policy == "off":
+        return {"query": result.query, "restricted": False, "disclaimer": None,
+                "hits": [_hit_json(h, r, False, False) for h, r in zip(hits, ranks)]}
+
+    threshold = float(getattr(result, "image_threshold", DEFAULT_IMAGE_THRESHOLD))
+    query_restricted = bool(result.query_child)
+    flags = [hit_is_restricted(h, threshold) for h in hits]
+    if policy == "audit":
+        return {"query": result.query, "restricted": query_restricted, "disclaimer": None,
+                "hits": [_hit_json(h, r, f, False) for h, r, f in zip(hits, ranks, flags)]}
+
+    if query_restricted:
+        return {"query": result.query, "restricted": True, "disclaimer": DISCLAIMER, "hits": []}
+    return {"query": result.query, "restricted": False, "disclaimer": None,
+            "hits": [_hit_json(h, r, f, f) for h, r, f in zip(hits, ranks, flags)]}
+
+
+def apply_policy_many(results: Iterable[RawResult | Any], policy: str = DEFAULT_POLICY) -> list[dict[str, Any]]:
+    """`apply_policy` over several queries (validates the policy once even when `results` is empty)."""
+    policy = validate_policy(policy)
+    return [apply_policy(r, policy) for r in results]

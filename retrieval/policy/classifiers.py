@@ -1,0 +1,281 @@
+"""Learned second lines of the legal policy: probes on frozen encoder features.
+
+* Text probe: logistic regression on the query's text embedding, trained on course captions labelled by the
+  lexicon, to catch phrasings the lexicon misses ("a little lass", "a pupil raising her hand"). A query is
+  restricted when the lexicon fires OR the probe's probability reaches its threshold.
+* Image probe: logistic regression (or a one-hidden-layer MLP) on image embeddings; an image is labelled positive
+  when ANY of its captions mentions a child. Its threshold favours recall (chosen on out-of-fold predictions of a
+  grouped cross-validation).
+
+Probes are plain arrays (`to_tensors`/`from_tensors`) so they live in the model folder's safetensors, never
+pickles. Inputs are L2-normalised, then standardised with the stored mean/scale.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from retrieval.errors import ModelMismatchError
+from retrieval.policy.lexicon import mentions_child
+
+FloatArray = npt.NDArray[np.float32]
+BoolArray = npt.NDArray[np.bool_]
+
+__all__ = ["LinearProbe", "train_text_probe", "train_image_probe", "image_child_labels", "text_child_labels",
+           "threshold_for_recall", "threshold_for_fpr"]
+
+
+def _l2(x: npt.ArrayLike) -> FloatArray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _sigmoid(z: npt.NDArray[np.float64]) -> FloatArray:
+    return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # tanh form: no overflow warnings
+
+
+@dataclass(frozen=True, eq=False)
+class LinearProbe:
+    """p(child | x) = sigmoid(relu-stack(standardise(l2(x)))): a logistic regression, or an MLP when `hidden` is set.
+
+    Attributes:
+        mean, scale: (d,) standardisation of the L2-normalised input.
+        weight: (d,) for logistic regression, or (h, 1) output layer when `hidden` is set.
+        bias: (1,) output bias.
+        threshold: operating point; `predict` returns prob >= threshold.
+        hidden: optional ((d, h) weights, (h,) bias) pairs of ReLU layers before the output layer.
+    """
+
+    mean: FloatArray
+    scale: FloatArray
+    weight: FloatArray
+    bias: FloatArray
+    threshold: float = 0.5
+    hidden: tuple[tuple[FloatArray, FloatArray], ...] = field(default_factory=tuple)
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+    def decision_function(self, X: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        X = np.asarray(X, np.float32)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise ModelMismatchError(
+                f"child probe expects features of dimension {self.dim}, got shape {X.shape}; "
+                "the probe was trained for another encoder -- retrain it or pick the matching encoder"
+            )
+        h = ((_l2(X) - self.mean) / self.scale).astype(np.float64)
+        for w, b in self.hidden:
+            h = np.maximum(h @ w + b, 0.0)
+        return (h @ self.weight.reshape(h.shape[1], -1)).reshape(-1) + float(self.bias.reshape(-1)[0])
+
+    def predict_proba(self, X: npt.ArrayLike) -> FloatArray:
+        """(n, d) features -> (n,) probability of describing/depicting a child."""
+        return _sigmoid(self.decision_function(X))
+
+    def predict(self, X: npt.ArrayLike) -> BoolArray:
+        return self.predict_proba(X) >= self.threshold
+
+    def with_threshold(self, threshold: float) -> LinearProbe:
+        return LinearProbe(self.mean, self.scale, self.weight, self.bias, float(threshold), self.hidden)
+
+    def to_tensors(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Plain float32 arrays for safetensors (keys: mean, scale, weight, bias, threshold, hidden.<i>.w/b)."""
+        out = {
+            f"{prefix}mean": np.asarray(self.mean, np.float32),
+            f"{prefix}scale": np.asarray(self.scale, np.float32),
+            f"{prefix}weight": np.asarray(self.weight, np.float32),
+            f"{prefix}bias": np.asarray(self.bias, np.float32).reshape(1),
+            f"{prefix}threshold": np.asarray([self.threshold], np.float32),
+        }
+        for i, (w, b) in enumerate(self.hidden):
+            out[f"{prefix}hidden.{i}.w"] = np.asarray(w, np.float32)
+            out[f"{prefix}hidden.{i}.b"] = np.asarray(b, np.float32)
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Any], prefix: str = "") -> LinearProbe:
+        """Inverse of `to_tensors` (accepts numpy arrays or torch tensors)."""
+
+        def get(key: str) -> FloatArray:
+            if prefix + key not in tensors:
+                raise ModelMismatchError(f"child probe tensor {prefix + key!r} is missing; retrain the model folder")
+            return np.asarray(tensors[prefix + key], np.float32)
+
+        hidden = []
+        while f"{prefix}hidden.{len(hidden)}.w" in tensors:
+            i = len(hidden)
+            hidden.append((get(f"hidden.{i}.w"), get(f"hidden.{i}.b")))
+        return cls(get("mean"), get("scale"), get("weight"), get("bias").reshape(1), float(get("threshold")[0]),
+                   tuple(hidden))
+
+
+# ----------------------------------------------------------------------------------------------- labels
+def text_child_labels(texts: Sequence[str]) -> BoolArray:
+    """Lexicon labels for texts (the text probe's training target)."""
+    return mentions_child(texts)
+
+
+def image_child_labels(
+    image_names: Sequence[str], captions: Sequence[tuple[str, str]]
+) -> BoolArray:
+    """An image is positive when ANY caption written for it mentions a child.
+
+    Args:
+        image_names: images to label (row order of the image features).
+        captions: (query_id, text) pairs, query_id = "<image>#<n>" (train_dataset query texts + extra captions).
+    """
+    positive: set[str] = set()
+    texts = [t for _, t in captions]
+    for (qid, _), hit in zip(captions, mentions_child(texts)):
+        if hit:
+            positive.add(qid.split("#", 1)[0])
+    return np.array([n in positive for n in image_names], dtype=bool)
+
+
+# ----------------------------------------------------------------------------------------------- thresholds
+def threshold_for_recall(y: npt.ArrayLike, scores: npt.ArrayLike, recall: float) -> float:
+    """Largest threshold whose recall on (y, scores) is >= `recall` (favours recall: ties are included)."""
+    y = np.asarray(y, bool)
+    pos = np.sort(np.asarray(scores, np.float64)[y])[::-1]
+    if pos.size == 0:
+        return 0.5
+    k = int(np.ceil(recall * pos.size)) - 1
+    return float(pos[min(max(k, 0), pos.size - 1)])
+
+
+def threshold_for_fpr(y: npt.ArrayLike, scores: npt.ArrayLike, max_fpr: float) -> float:
+    """Smallest threshold whose false-positive rate on the negatives stays <= `max_fpr`."""
+    y = np.asarray(y, bool)
+    neg = np.sort(np.asarray(scores, np.float64)[~y])[::-1]
+    if neg.size == 0:
+        return 0.5
+    n_allowed = int(np.floor(max_fpr * neg.size))
+    return float(np.nextafter(neg[n_allowed], np.inf)) if n_allowed < neg.size else 0.0
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _standardiser(X: FloatArray) -> tuple[FloatArray, FloatArray]:
+    Z = _l2(X)
+    return Z.mean(0).astype(np.float32), np.maximum(Z.std(0), 1e-6).astype(np.float32)
+
+
+def _fit_lr(X: FloatArray, y: BoolArray, C: float, class_weight: str | None) -> LinearProbe:
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = _standardiser(X)
+    Z = (_l2(X) - mean) / scale
+    lr = LogisticRegression(C=C, class_weight=class_weight, max_iter=3000)
+    lr.fit(Z, y)
+    return LinearProbe(mean, scale, lr.coef_[0].astype(np.float32), lr.intercept_.astype(np.float32))
+
+
+def _fit_mlp(X: FloatArray, y: BoolArray, hidden: int, alpha: float, seed: int) -> LinearProbe:
+    """One ReLU layer; positives are oversampled to balance classes (MLPClassifier has no class_weight)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    mean, scale = _standardiser(X)
+    Z = (_l2(X) - mean) / scale
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    extra = rng.choice(pos, size=max(len(neg) - len(pos), 0), replace=True) if len(pos) else pos
+    idx = np.concatenate([neg, pos, extra])
+    mlp = MLPClassifier((hidden,), alpha=alpha, max_iter=200, random_state=seed)
+    with warnings.catch_warnings():  # a capped iteration count is a deliberate regulariser here
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mlp.fit(Z[idx], y[idx])
+    (w1, w2), (b1, b2) = mlp.coefs_, mlp.intercepts_
+    return LinearProbe(mean, scale, w2.astype(np.float32), b2.astype(np.float32),
+                       hidden=((w1.astype(np.float32), b1.astype(np.float32)),))
+
+
+def _fit(X: FloatArray, y: BoolArray, kind: str, C: float, hidden: int, alpha: float, seed: int) -> LinearProbe:
+    if kind == "lr":
+        return _fit_lr(X, y, C, "balanced")
+    if kind == "mlp":
+        return _fit_mlp(X, y, hidden, alpha, seed)
+    raise ValueError(f"probe kind {kind!r} is not supported; use 'lr' or 'mlp'")
+
+
+def out_of_fold(
+    X: FloatArray, y: BoolArray, groups: Sequence[Any], kind: str = "lr", C: float = 0.05, hidden: int = 128,
+    alpha: float = 1e-2, n_splits: int = 5, seed: int = 0,
+) -> FloatArray:
+    """Out-of-fold probabilities from a grouped, stratified K-fold (no group spans train and validation)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    X = np.asarray(X, np.float32)
+    y = np.asarray(y, bool)
+    oof = np.zeros(len(y), np.float32)
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for tr, va in folds.split(X, y, np.asarray(groups)):
+        oof[va] = _fit(X[tr], y[tr], kind, C, hidden, alpha, seed).predict_proba(X[va])
+    return oof
+
+
+def train_text_probe(
+    text_feats: npt.ArrayLike, labels: npt.ArrayLike, C: float = 0.5, max_fpr: float = 0.02,
+    groups: Sequence[Any] | None = None, n_splits: int = 5, seed: int = 0,
+) -> LinearProbe:
+    """Logistic regression on text embeddings of lexicon-labelled captions.
+
+    The threshold is the smallest one whose out-of-fold false-positive rate on lexicon-negative captions stays
+    <= `max_fpr`: queries are blocked when the lexicon OR the probe fires, so the probe only has to add recall
+    without blocking ordinary adult queries.
+    """
+    X = np.asarray(text_feats, np.float32)
+    y = np.asarray(labels, bool)
+    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+    oof = out_of_fold(X, y, groups, "lr", C, n_splits=n_splits, seed=seed)
+    return _fit_lr(X, y, C, "balanced").with_threshold(threshold_for_fpr(y, oof, max_fpr))
+
+
+def train_image_probe(
+    image_feats: npt.ArrayLike, labels: npt.ArrayLike, groups: Sequence[Any], kind: str = "lr", C: float = 0.05,
+    target_recall: float = 0.97, hidden: int = 128, alpha: float = 1e-2, n_splits: int = 5, seed: int = 0,
+) -> tuple[LinearProbe, dict[str, float]]:
+    """Image probe + its grouped cross-validated metrics.
+
+    The threshold is the largest one whose out-of-fold recall is >= `target_recall` (the law favours recall);
+    the returned probe is refit on all images. Metrics (AUC, AP, precision/recall/FPR at that threshold) are
+    from the out-of-fold predictions, i.e. honest for unseen images.
+    """
+    from retrieval.policy.metrics import policy_metrics
+
+    X = np.asarray(image_feats, np.float32)
+    y = np.asarray(labels, bool)
+    oof = out_of_fold(X, y, groups, kind, C, hidden, alpha, n_splits, seed)
+    threshold = threshold_for_recall(y, oof, target_recall)
+    probe = _fit(X, y, kind, C, hidden, alpha, seed).with_threshold(threshold)
+    return probe, policy_metrics(y, oof, threshold)
+
+
+def save_probe(probe: LinearProbe, path: Path) -> None:
+    """Standalone safetensors file (the ML helper normally stores probes inside the model folder instead)."""
+    import os
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(probe.to_tensors(), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_probe(path: Path) -> LinearProbe:
+    from safetensors.numpy import load_file
+
+    return LinearProbe.from_tensors(load_file(str(path)))

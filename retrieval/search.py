@@ -1,0 +1,134 @@
+"""Search: text -> text encoder -> projection -> ANN candidates -> relevance regressor -> top-k 0-1 scores.
+
+`Retriever` receives its parts (text encoder, heads model, opened index); `Retriever.open` is the one factory that
+builds them from an index folder (and optionally another model folder). Results are policy-neutral `RawResult`s:
+every output path turns them into user-facing JSON through `retrieval.policy.apply.apply_policy`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from retrieval.errors import InvalidQueryError
+from retrieval.policy.apply import query_is_child
+from retrieval.policy.types import Hit, RawResult
+
+SearchHit = Hit
+QueryResult = RawResult
+
+#: Queries longer than this many characters are refused outright (a pasted document is not a query).
+MAX_QUERY_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class QueryCheck:
+    """What `check_query` found: the cleaned text, its token count and whether the encoder will truncate it."""
+
+    text: str
+    n_tokens: int
+    truncated: bool
+    max_tokens: int
+
+
+@dataclass
+class SearchStats:
+    """Per-stage wall times in ms of the last call (for benchmarks)."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+def candidate_count(k: int, n: int) -> int:
+    """How many ANN candidates the reranker sees: enough headroom for it to reorder, never more than the index."""
+    return int(min(n, max(4 * k, 50)))
+
+
+class Retriever:
+    """Text -> ranked images with calibrated scores. Parts are passed in; `open` builds them."""
+
+    def __init__(self, text_encoder: Any, model: Any, store: Any) -> None:
+        self.text_encoder = text_encoder
+        self.model = model
+        self.store = store
+        self.images_root = Path(store.manifest.images_root)
+        self.stats = SearchStats()
+        names = store.meta["rel_path"].astype(str).tolist()
+        self._rel_paths = names
+        self._child_prob = store.meta["child_prob"].to_numpy(np.float64) if "child_prob" in store.meta else None
+
+    @classmethod
+    def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "Retriever":
+        """Open an index folder with the model it was built with (or `model_dir`, which must match it)."""
+        from index_store import IndexStore
+
+        from retrieval.encoders import build_text_encoder
+        from retrieval.model import RetrievalModel, default_model_dir
+
+        model = RetrievalModel.load(Path(model_dir) if model_dir else default_model_dir())
+        store = IndexStore.load(Path(index_dir), expect=model.index_identity())
+        text_encoder = build_text_encoder(model.config.text_encoder)
+        return cls(text_encoder, model, store)
+
+    # -- input checks -------------------------------------------------------------------------------------------
+    def check_query(self, text: str) -> QueryCheck:
+        """Refuse empty / absurd queries; report (not refuse) queries the encoder will truncate."""
+        if text is None or not str(text).strip():
+            raise InvalidQueryError("empty query; type some words to search for, e.g. `retrieve query \"a dog on a beach\"`")
+        clean = " ".join(str(text).split())
+        if len(clean) > MAX_QUERY_CHARS:
+            raise InvalidQueryError(f"query is {len(clean)} characters long; the limit is {MAX_QUERY_CHARS}, shorten it")
+        n_tokens = self.text_encoder.n_tokens(clean)
+        limit = self.text_encoder.max_tokens
+        return QueryCheck(clean, n_tokens, n_tokens > limit, limit)
+
+    # -- search -------------------------------------------------------------------------------------------------
+    def search(self, text: str, k: int = 10, min_score: float = 0.0) -> RawResult:
+        return self.search_many([text], k=k, min_score=min_score)[0]
+
+    def search_many(self, texts: Sequence[str], k: int = 10, min_score: float = 0.0) -> list[RawResult]:
+        """Batched: texts are encoded together, ANN searched together, reranked per query."""
+        if not isinstance(k, int) or k <= 0:
+            raise InvalidQueryError(f"k must be a positive integer, got {k!r}; pass -k 10 for example")
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise InvalidQueryError(f"min-score must be within 0..1, got {min_score!r}")
+        checks = [self.check_query(t) for t in texts]
+        clean = [c.text for c in checks]
+        t0 = time.perf_counter()
+        feats = self.text_encoder.encode(clean)
+        t1 = time.perf_counter()
+        z = self.model.project_texts(feats)
+        child_p = self.model.child_text_prob(feats)
+        t2 = time.perf_counter()
+        n_cand = candidate_count(k, self.store.count)
+        if n_cand == 0:
+            return [RawResult(c.text, self._query_child(c.text, p), [], self.model.child_image_threshold) for c, p in zip(checks, child_p)]
+        _, ids = self.store.search(z, n_cand)
+        t3 = time.perf_counter()
+        results = []
+        for row, check in enumerate(checks):
+            cand = ids[row][ids[row] >= 0]
+            scores = self.model.score(self.store.vectors_of(cand), z[row])
+            order = np.argsort(-scores, kind="stable")
+            hits = []
+            for i in order:
+                if len(hits) == k or scores[i] < min_score:
+                    break
+                hits.append(self._hit(len(hits) + 1, int(cand[i]), float(scores[i])))
+            results.append(RawResult(check.text, self._query_child(check.text, child_p[row]), hits,
+                                     self.model.child_image_threshold))
+        t4 = time.perf_counter()
+        self.stats.stages = {"encode_ms": (t1 - t0) * 1e3, "project_ms": (t2 - t1) * 1e3,
+                             "ann_ms": (t3 - t2) * 1e3, "rerank_ms": (t4 - t3) * 1e3}
+        return results
+
+    def _query_child(self, text: str, prob: float) -> bool:
+        return query_is_child(text, float(prob), self.model.child_text_threshold)
+
+    def _hit(self, rank: int, image_id: int, score: float) -> Hit:
+        rel = self._rel_paths[image_id]
+        prob = None if self._child_prob is None or np.isnan(self._child_prob[image_id]) else float(self._child_prob[image_id])
+        return Hit(rank=rank, image=Path(rel).name, path=str(self.images_root / rel), score=score,
+                   child_prob=prob, image_id=image_id)
