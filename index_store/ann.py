@@ -1,13 +1,13 @@
 """Choose and build the FAISS index over L2-normalised vectors (metric "ip" = cosine).
 
 Choice:
-- n < `flat_max` (default 50,000): `IndexFlatIP`, exact. 50k x 256-d brute force is ~2 ms per query on one core,
-  and exact is what the tests compare against.
-- n >= flat_max: `IndexIVFScalarQuantizer` (8-bit SQ, inner product), nlist = 4*sqrt(n) coarse cells (k-means
-  on at most 64 points per cell), nprobe = max(32, nlist // 16). Stored bytes/image = d (SQ8 codes) + 8 (id),
-  i.e. 264 B at d=256, plus the float vectors in `vectors.npy` (memory-mapped, only candidate rows are paged in
-  for reranking). 1M images: ~0.27 GB for the IVF + ~0.13 GB k-means/lists overhead, far under 4 GB; a flat
-  float32 index would need 1.0 GB.
+- n < `flat_max` (default 50,000): `IndexFlatIP`, exact. 50k x 256-d brute force is a few ms per query, and
+  exact is what the tests compare against. Bytes/image = 4*d (1 KB at d=256).
+- n >= flat_max: `IndexHNSWSQ` (HNSW graph, M=32, efConstruction=80, over 8-bit scalar-quantised vectors,
+  inner product), efSearch=256 at query time. Bytes/image ~ d (SQ8 code) + 2*M*4 (level-0 links) + ~5% upper
+  levels = ~530 B at d=256: 1M images ~0.53 GB in RAM, plus `vectors.npy` memory-mapped (only rows read for
+  reranking are paged in), far under 4 GB. IVF-SQ8 (nlist=4*sqrt(n)) was measured too and rejected: on
+  text-like (off-manifold) queries it needed nprobe > nlist/14 for recall@10 0.93, i.e. nearly brute force.
 
 How recall was measured (`python benchmarks/bench_ann.py`, numbers in benchmarks/results/ann.json): vectors are
 NOT iid Gaussian (on which every ANN looks bad and nothing is learned) but `synthetic_clustered`: an anisotropic
@@ -28,7 +28,11 @@ FloatArray = npt.NDArray[np.float32]
 
 #: Below this many vectors the index is exact (IndexFlatIP).
 FLAT_MAX = 50_000
-#: k-means trains on at most this many points per IVF cell (faiss warns below 39).
+#: HNSW graph degree, build and search beam widths (efSearch=256 gave recall@10 0.96 at 200k, see above).
+HNSW_PARAMS = {"M": 32, "efConstruction": 80, "efSearch": 256}
+#: Points used to fit the 8-bit quantiser's per-dimension ranges.
+SQ_TRAIN_POINTS = 100_000
+#: k-means trains on at most this many points per IVF cell (faiss warns below 39); IVF is kept for comparison.
 TRAIN_POINTS_PER_LIST = 64
 
 
@@ -53,22 +57,21 @@ def build_ann(
         index = faiss.IndexFlatIP(dim)
         index.add(x)
         return index, {"index_type": "flat", "flat_max": flat_max}
-    params = ivf_params(n)
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFScalarQuantizer(quantizer, dim, params["nlist"], faiss.ScalarQuantizer.QT_8bit,
-                                          faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
+    params = dict(HNSW_PARAMS)
+    index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, params["M"], faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = params["efConstruction"]
     rng = np.random.default_rng(seed)
-    n_train = min(n, params["nlist"] * TRAIN_POINTS_PER_LIST)
-    train = x if n_train == n else x[np.sort(rng.choice(n, n_train, replace=False))]
-    index.train(train)
+    n_train = min(n, SQ_TRAIN_POINTS)
+    index.train(x if n_train == n else x[np.sort(rng.choice(n, n_train, replace=False))])
     index.add(x)
-    index.nprobe = params["nprobe"]
-    return index, {"index_type": "ivf_sq8", "flat_max": flat_max, **params}
+    index.hnsw.efSearch = params["efSearch"]
+    return index, {"index_type": "hnsw_sq8", "flat_max": flat_max, **params}
 
 
 def apply_search_params(index: Any, params: dict[str, Any]) -> Any:
-    """Restore query-time knobs (nprobe) from the manifest after `faiss.read_index`."""
+    """Restore query-time knobs (efSearch / nprobe) from the manifest after `faiss.read_index`."""
+    if "efSearch" in params and hasattr(index, "hnsw"):
+        index.hnsw.efSearch = int(params["efSearch"])
     if "nprobe" in params and hasattr(index, "nprobe"):
         index.nprobe = int(params["nprobe"])
     return index

@@ -127,6 +127,21 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@cli.command("serve")
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder from build-index.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (must match the index).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep loopback unless behind a proxy).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--policy", type=click.Choice(["strict", "audit", "off"]), default="strict", show_default=True,
+              help="strict: withhold child content; audit: show and flag it; off: no legal processing.")
+def serve_cmd(index_dir: Path, model_dir: Path | None, host: str, port: int, policy: str) -> None:
+    """Serve the search page and JSON API (/api/search, /api/health) over INDEX, loaded once."""
+    from retrieval.server import load_app, serve
+
+    app = load_app(index_dir, model_dir, policy)
+    click.echo(f"serving {app.state.retriever.store.count} images at http://{host}:{port}/ (policy {policy}); Ctrl-C stops")
+    serve(app, host=host, port=port)
+
 
 def main() -> None:
     cli()

@@ -150,7 +150,8 @@ def _html(title: str, numbers: dict[str, str], methods: pd.DataFrame, plots: lis
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in numbers.items())
     method_rows = "".join(
         f"<tr><td>{html.escape(r.method)}{' (default)' if r.method == DEFAULT_EXPERT_METHOD else ''}</td>"
-        f"<td>{r.expert_pairs:,}</td><td>{r.shared_pairs:,}</td><td>{r.tau:.3f}</td><td>{r.tau_raw_share:.3f}</td></tr>"
+        f"<td>{r.expert_pairs:,}</td><td>{r.shared_pairs:,}</td><td>{r.tau:.3f}</td>"
+        f"<td>{r.tau_raw_share:.3f}</td></tr>"
         for r in methods.itertuples())
     figures = "".join(
         f'<figure><h2>{html.escape(p.title)}</h2><img src="{p.file}" alt="{html.escape(p.title)}">'
@@ -162,7 +163,8 @@ th,td{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}img{{max-width:1
 <body><h1>{html.escape(title)}</h1>
 <h2>Key numbers</h2><table>{rows}</table>
 <h2>Expert aggregation vs crowd (Kendall tau-b on pairs both rated)</h2>
-<table><tr><th>expert method</th><th>expert pairs kept</th><th>shared pairs</th><th>tau vs smoothed crowd</th><th>tau vs raw share</th></tr>{method_rows}</table>
+<table><tr><th>expert method</th><th>expert pairs kept</th><th>shared pairs</th><th>tau vs smoothed crowd</th>
+<th>tau vs raw share</th></tr>{method_rows}</table>
 {figures}
 </body></html>
 """

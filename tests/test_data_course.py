@@ -92,7 +92,7 @@ def test_too_many_columns_names_line(course_dir: Path) -> None:
 
 
 def test_too_few_columns_names_line(course_dir: Path) -> None:
-    _edit_line(course_dir / "CrowdAnnotations.tsv", 4, "\t1\n", "\n")
+    _edit_line(course_dir / "CrowdAnnotations.tsv", 4, "\t2\n", "\n")
     message = _error(course_dir)
     assert "CrowdAnnotations.tsv, line 4" in message and "fields" in message
 
@@ -201,3 +201,24 @@ def test_real_course_data_counts() -> None:
     assert len(course.extra_captions) == 5000
     shared = course.expert.merge(course.crowd, on=["image", "query_id"], validate="one_to_one")
     assert len(shared) == 2329
+
+
+def test_short_line_in_csv_names_line(course_dir: Path) -> None:
+    _edit_line(course_dir / "train_dataset.csv", 7, ",1006_ff.jpg#2,A man scales a steep rock .", ",1006_ff.jpg#2")
+    message = _error(course_dir)
+    assert "train_dataset.csv, line 7" in message and "missing column" in message
+
+
+def test_line_numbers_count_blank_lines(course_dir: Path) -> None:
+    path = course_dir / "ExpertAnnotations.tsv"
+    lines = path.read_text().splitlines(keepends=True)
+    lines.insert(1, "\n")  # old line 5 becomes line 6
+    assert lines[5].endswith("\t1\t1\t2\n")
+    lines[5] = lines[5].replace("\t1\t1\t2\n", "\t1\t1\t0\n")
+    path.write_text("".join(lines))
+    assert "ExpertAnnotations.tsv, line 6" in _error(course_dir)
+
+
+def test_short_first_line_in_tsv_names_line_1(course_dir: Path) -> None:
+    _edit_line(course_dir / "ExpertAnnotations.tsv", 1, "\t4\t4\t4\n", "\t4\t4\n")
+    assert "ExpertAnnotations.tsv, line 1: expected 5 columns, found 4" in _error(course_dir)

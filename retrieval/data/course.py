@@ -11,18 +11,21 @@ Layout (names are fixed by the course)::
     test_images/             (optional, with test_queries.csv)
 
 Every check is vectorised over the table and reports the *first* bad line as one `DatasetError` message
-naming the file, the 1-based line number in that file, what was found and how to fix it. Junk in image
+naming the file, the 1-based line number in that file, what was found and how to fix it. Fields are stripped
+of surrounding whitespace; exact duplicate lines are dropped, a key repeated with other values is an error. Junk in image
 folders (hidden files such as .DS_Store, non-image extensions, sub-folders) is ignored, never an error.
 """
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from retrieval.errors import DatasetError
@@ -87,79 +90,112 @@ def _require_file(path: Path, what: str) -> None:
                      f"point --data at a folder in the course layout that contains {path.name}")
 
 
-def _read_table(path: Path, columns: Sequence[str], *, sep: str, header: bool, quoted: bool) -> pd.DataFrame:
-    """Read every field as a string; wrong field counts become a DatasetError with the line number."""
-    first_data_line = 2 if header else 1
+def _read_text(path: Path) -> str:
     try:
-        frame = pd.read_csv(
-            path, sep=sep, header=0 if header else None, dtype=str, keep_default_na=False,
-            quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, skip_blank_lines=True,
-            engine="c",
-        )
-    except pd.errors.EmptyDataError:
-        raise _error(path, None, "file is empty", f"write {len(columns)} columns: {', '.join(columns)}") from None
-    except pd.errors.ParserError as err:
-        found = _LINE_IN_PARSER_ERROR.search(str(err))
-        line = int(found.group(1)) if found else None
-        raise _error(path, line, f"wrong number of columns ({err})".replace("\n", " "),
-                     f"each line needs exactly {len(columns)} fields: {', '.join(columns)}") from None
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise _error(path, None, f"not UTF-8 text ({err.reason})", "save the file as UTF-8") from None
-    if frame.shape[1] != len(columns):
-        raise _error(path, first_data_line - (1 if header else 0),
-                     f"expected {len(columns)} columns, found {frame.shape[1]}",
-                     f"each line needs exactly {len(columns)} fields: {', '.join(columns)}")
-    if header and tuple(frame.columns) != tuple(columns):
-        raise _error(path, 1, f"header is {list(frame.columns)}", f"use the header {','.join(columns)}")
-    frame.columns = list(columns)
-    # Short lines are padded with NaN by the parser: report them as a column-count problem.
-    short = frame.isna().any(axis=1).to_numpy()
-    _raise_first(path, short, frame.index, first_data_line,
-                 lambda i: f"expected {len(columns)} fields, found fewer",
-                 f"each line needs exactly {len(columns)} fields: {', '.join(columns)}")
-    return frame.reset_index(drop=True)
 
 
-def _raise_first(path: Path, bad: np.ndarray, index: pd.Index, first_data_line: int,
-                 problem, fix: str) -> None:
-    """Raise for the first True in `bad` (position i -> file line first_data_line + i)."""
+def _fields_fix(columns: Sequence[str], sep: str) -> str:
+    return f"each line needs exactly {len(columns)} {sep!r}-separated fields: {', '.join(columns)}"
+
+
+def _read_table(path: Path, columns: Sequence[str], *, sep: str) -> pd.DataFrame:
+    """Headerless, unquoted file -> string frame indexed by 1-based file line; blank lines are skipped.
+
+    Field counts are checked per line (vectorised) so both too many and too few fields name the exact line.
+    """
+    text = _read_text(path)
+    # Split only on \n (as the parser does), not on the exotic separators str.splitlines also knows.
+    lines = pd.Series(text.replace("\r\n", "\n").split("\n"), dtype=object)
+    lines.index = lines.index + 1
+    lines = lines[lines != ""]
+    if lines.empty:
+        raise _error(path, None, "file is empty", _fields_fix(columns, sep))
+    n_fields = lines.str.count(re.escape(sep)) + 1
+    bad = (n_fields != len(columns)).to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise _error(path, first_data_line + pos, problem(pos), fix)
+        raise _error(path, int(lines.index[pos]),
+                     f"expected {len(columns)} columns, found {int(n_fields.iloc[pos])}", _fields_fix(columns, sep))
+    frame = pd.read_csv(io.StringIO(text), sep=sep, header=None, names=list(columns), dtype=str,
+                        keep_default_na=False, na_filter=False, quoting=csv.QUOTE_NONE, skip_blank_lines=True)
+    if len(frame) != len(lines):
+        raise _error(path, None, f"parsed {len(frame)} rows from {len(lines)} lines (stray carriage returns?)",
+                     "save the file with plain \\n line endings and one record per line")
+    frame.index = lines.index
+    return frame.apply(lambda col: col.str.strip())  # stray spaces around fields are noise
 
 
-def _numeric(frame: pd.DataFrame, path: Path, column: str, first_line: int, kind: str) -> pd.Series:
+def _read_quoted(path: Path, header: Sequence[str], columns: Sequence[str], *, sep: str) -> pd.DataFrame:
+    """CSV with a header row and quoting -> string frame indexed by file line (header = line 1).
+
+    The header fixes the width: the parser rejects longer lines; shorter ones leave empty fields, which are
+    refused because every course column is required.
+    """
+    _read_text(path)  # UTF-8 check with a clear message
+    fix = _fields_fix(columns, sep)
+    try:
+        frame = pd.read_csv(path, sep=sep, header=0, dtype=str, keep_default_na=False, na_filter=False,
+                            quoting=csv.QUOTE_MINIMAL, skip_blank_lines=True)
+    except pd.errors.EmptyDataError:
+        raise _error(path, None, "file is empty", fix) from None
+    except pd.errors.ParserError as err:
+        found = _LINE_IN_PARSER_ERROR.search(str(err))
+        raise _error(path, int(found.group(1)) if found else None,
+                     f"wrong number of columns ({str(err).splitlines()[-1]})", fix) from None
+    found_header = ["" if str(c).startswith("Unnamed:") else str(c) for c in frame.columns]
+    if found_header != list(header):
+        shown = sep.join(found_header)
+        raise _error(path, 1, f"header is {shown!r}", f"use the header {sep.join(header)!r}")
+    frame.columns = list(columns)
+    frame.index = frame.index + 2
+    frame = frame.apply(lambda col: col.str.strip())  # stray spaces around fields are noise
+    empty = (frame[[c for c in columns if c != "index"]] == "").any(axis=1)
+    _raise_first(path, empty.to_numpy(), frame.index, lambda i: "empty field or missing column", fix)
+    return frame
+
+
+def _raise_first(path: Path, bad: npt.NDArray[np.bool_], lines: pd.Index,
+                 problem: Callable[[int], str], fix: str) -> None:
+    """Raise for the first True in `bad`; `lines` holds each row's 1-based line number in the file."""
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise _error(path, int(lines[pos]), problem(pos), fix)
+
+
+def _numeric(frame: pd.DataFrame, path: Path, column: str, kind: str) -> pd.Series:
     values = pd.to_numeric(frame[column], errors="coerce")
-    _raise_first(path, values.isna().to_numpy(), frame.index, first_line,
+    _raise_first(path, values.isna().to_numpy(), frame.index,
                  lambda i: f"{column}={frame[column].iloc[i]!r} is not a {kind}",
                  f"write a {kind} in column {column}")
     return values
 
 
-def _check_query_ids(frame: pd.DataFrame, path: Path, first_line: int) -> None:
+def _check_query_ids(frame: pd.DataFrame, path: Path) -> None:
     ok = frame["query_id"].str.match(QUERY_ID_PATTERN).to_numpy(dtype=bool)
-    _raise_first(path, ~ok, frame.index, first_line,
+    _raise_first(path, ~ok, frame.index,
                  lambda i: f"query_id {frame['query_id'].iloc[i]!r} is not of the form <image>#<n>",
                  "write query ids as the image file name, '#', and the caption number (e.g. 123_ab.jpg#2)")
 
 
-def _check_images(frame: pd.DataFrame, path: Path, first_line: int, names: frozenset[str], folder: Path) -> None:
+def _check_images(frame: pd.DataFrame, path: Path, names: frozenset[str], folder: Path) -> None:
     missing = ~frame["image"].isin(names).to_numpy()
-    _raise_first(path, missing, frame.index, first_line,
+    _raise_first(path, missing, frame.index,
                  lambda i: f"image {frame['image'].iloc[i]!r} is not in {folder}",
                  f"add the image to {folder.name}/ or remove the line")
 
 
-def _check_duplicates(frame: pd.DataFrame, path: Path, first_line: int, keys: Sequence[str]) -> pd.DataFrame:
-    """Drop exact repeats silently; refuse a key that appears twice with different values."""
+def _check_duplicates(frame: pd.DataFrame, path: Path, keys: Sequence[str]) -> pd.DataFrame:
+    """Drop exact repeats silently; refuse a key that appears twice with different values. Resets the index."""
     frame = frame.drop_duplicates()
     clash = frame.duplicated(list(keys), keep=False).to_numpy()
     if clash.any():
-        first = frame.index[np.flatnonzero(clash)[:2]]
-        raise _error(path, first_line + int(first[-1]),
-                     f"{'/'.join(keys)} {tuple(frame.loc[first[0], list(keys)])} also on line "
-                     f"{first_line + int(first[0])} with different values",
-                     "keep one line per key")
+        first, second = frame.index[np.flatnonzero(clash)[:2]]
+        raise _error(path, int(second),
+                     f"{'/'.join(keys)} {tuple(frame.loc[first, list(keys)])} is also on line {int(first)} "
+                     "with different values", "keep one line per key")
     return frame.reset_index(drop=True)
 
 
@@ -175,80 +211,73 @@ def list_images(folder: Path) -> tuple[str, ...]:
 
 def _load_train(path: Path, images: frozenset[str], folder: Path) -> pd.DataFrame:
     _require_file(path, "image,query_id,query_text table")
-    frame = _read_table(path, TRAIN_COLUMNS, sep=",", header=True, quoted=True)
-    _check_query_ids(frame, path, 2)
-    _check_images(frame, path, 2, images, folder)
-    frame = _check_duplicates(frame, path, 2, ("image", "query_id"))
-    texts = frame.groupby("query_id")["query_text"].nunique()
-    if (texts > 1).any():
-        qid = texts.index[texts.to_numpy() > 1][0]
-        line = 2 + int(np.flatnonzero(frame["query_id"].to_numpy() == qid)[1])
-        raise _error(path, line, f"query_id {qid!r} has two different query_text values",
-                     "give each query_id one text")
-    return frame
+    frame = _read_quoted(path, TRAIN_COLUMNS, TRAIN_COLUMNS, sep=",")
+    _check_query_ids(frame, path)
+    _check_images(frame, path, images, folder)
+    texts = frame.groupby("query_id")["query_text"].transform("nunique")
+    _raise_first(path, (texts > 1).to_numpy(), frame.index,
+                 lambda i: f"query_id {frame['query_id'].iloc[i]!r} has two different query_text values",
+                 "give each query_id one text")
+    return _check_duplicates(frame, path, ("image", "query_id"))
 
 
 def _load_expert(path: Path, images: frozenset[str], folder: Path) -> pd.DataFrame:
     _require_file(path, "headerless image, query_id, e1, e2, e3 grades 1-4")
-    frame = _read_table(path, EXPERT_COLUMNS, sep="\t", header=False, quoted=False)
+    frame = _read_table(path, EXPERT_COLUMNS, sep="\t")
     for col in GRADE_COLUMNS:
-        values = _numeric(frame, path, col, 1, "whole number 1-4")
-        bad = ~values.isin([1, 2, 3, 4]).to_numpy()
-        _raise_first(path, bad, frame.index, 1, lambda i, c=col: f"grade {c}={frame[c].iloc[i]!r} is outside 1-4",
+        values = _numeric(frame, path, col, "whole number 1-4")
+        _raise_first(path, ~values.isin([1, 2, 3, 4]).to_numpy(), frame.index,
+                     lambda i, c=col: f"grade {c}={frame[c].iloc[i]!r} is outside 1-4",
                      "expert grades must be 1, 2, 3 or 4")
         frame[col] = values.astype(np.int8)
-    _check_query_ids(frame, path, 1)
-    _check_images(frame, path, 1, images, folder)
-    return _check_duplicates(frame, path, 1, ("image", "query_id"))
+    _check_query_ids(frame, path)
+    _check_images(frame, path, images, folder)
+    return _check_duplicates(frame, path, ("image", "query_id"))
 
 
 def _load_crowd(path: Path, images: frozenset[str], folder: Path) -> pd.DataFrame:
     _require_file(path, "headerless image, query_id, share_yes, n_yes, n_no")
-    frame = _read_table(path, CROWD_COLUMNS, sep="\t", header=False, quoted=False)
-    share = _numeric(frame, path, "share_yes", 1, "number 0-1")
-    bad = ~share.between(0.0, 1.0).to_numpy()
-    _raise_first(path, bad, frame.index, 1, lambda i: f"share_yes={frame['share_yes'].iloc[i]!r} is outside 0-1",
+    frame = _read_table(path, CROWD_COLUMNS, sep="\t")
+    share = _numeric(frame, path, "share_yes", "number 0-1")
+    _raise_first(path, ~share.between(0.0, 1.0).to_numpy(), frame.index,
+                 lambda i: f"share_yes={frame['share_yes'].iloc[i]!r} is outside 0-1",
                  "share_yes is the fraction of workers who said yes, between 0 and 1")
     frame["share_yes"] = share.astype(np.float64)
     for col in ("n_yes", "n_no"):
-        counts = _numeric(frame, path, col, 1, "whole number >= 0")
-        bad = ~((counts >= 0) & (counts == counts.round())).to_numpy()
-        _raise_first(path, bad, frame.index, 1, lambda i, c=col: f"{c}={frame[c].iloc[i]!r} is not a count >= 0",
+        counts = _numeric(frame, path, col, "whole number >= 0")
+        _raise_first(path, ~((counts >= 0) & (counts == counts.round())).to_numpy(), frame.index,
+                     lambda i, c=col: f"{c}={frame[c].iloc[i]!r} is not a count >= 0",
                      f"{col} must be a whole number of votes")
         frame[col] = counts.astype(np.int64)
-    _check_query_ids(frame, path, 1)
-    _check_images(frame, path, 1, images, folder)
-    return _check_duplicates(frame, path, 1, ("image", "query_id"))
+    _check_query_ids(frame, path)
+    _check_images(frame, path, images, folder)
+    return _check_duplicates(frame, path, ("image", "query_id"))
 
 
 def _load_extra(path: Path) -> pd.DataFrame:
-    frame = _read_table(path, ("query_id", "query_text"), sep="\t", header=False, quoted=False)
-    _check_query_ids(frame, path, 1)
-    frame = _check_duplicates(frame, path, 1, ("query_id",))
+    frame = _read_table(path, ("query_id", "query_text"), sep="\t")
+    _check_query_ids(frame, path)
+    frame = _check_duplicates(frame, path, ("query_id",))
     frame["image"] = frame["query_id"].str.split("#", n=1).str[0]
     return frame[list(EXTRA_COLUMNS)]
 
 
-def load_test_queries(path: Path | str, images_dir: Path | str | None = None) -> pd.DataFrame:
+def load_test_queries(path: Path | str, images_dir: Path | str | None = None, *,
+                      check_images: bool = True) -> pd.DataFrame:
     """Read the course `|`-separated test_queries.csv -> columns query_id, query_text, image.
 
-    If `images_dir` is given (or a `test_images/` folder sits next to the file) every `image` must be in it.
+    With `check_images`, every `image` must be in `images_dir` (default: a `test_images/` folder next to the
+    file, checked only if that folder exists).
     """
     path = Path(path)
     _require_file(path, "'|'-separated table with header |query_id|query_text|image")
-    try:
-        head = path.open(encoding="utf-8").readline().rstrip("\r\n")
-    except UnicodeDecodeError as err:
-        raise _error(path, None, f"not UTF-8 text ({err.reason})", "save the file as UTF-8") from None
-    if head.split("|")[1:] != list(TEST_COLUMNS):
-        raise _error(path, 1, f"header is {head!r}", "use the course header |query_id|query_text|image")
-    frame = _read_table(path, ("index",) + TEST_COLUMNS, sep="|", header=False, quoted=True)
-    frame = frame.iloc[1:][list(TEST_COLUMNS)].reset_index(drop=True)
-    _check_query_ids(frame, path, 2)
+    frame = _read_quoted(path, ("",) + TEST_COLUMNS, ("index",) + TEST_COLUMNS, sep="|")
+    frame = frame[list(TEST_COLUMNS)]
+    _check_query_ids(frame, path)
     folder = Path(images_dir) if images_dir is not None else path.parent / TEST_IMAGES
-    if images_dir is not None or folder.is_dir():
-        _check_images(frame, path, 2, frozenset(list_images(folder)), folder)
-    return _check_duplicates(frame, path, 2, ("query_id",))
+    if check_images and (images_dir is not None or folder.is_dir()):
+        _check_images(frame, path, frozenset(list_images(folder)), folder)
+    return _check_duplicates(frame, path, ("query_id",))
 
 
 def read_queries_file(path: Path | str) -> list[str]:
@@ -259,13 +288,9 @@ def read_queries_file(path: Path | str) -> list[str]:
     """
     path = Path(path)
     _require_file(path, "queries file, one query per line")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise _error(path, None, f"not UTF-8 text ({err.reason})", "save the file as UTF-8") from None
-    lines = text.splitlines()
+    lines = _read_text(path).splitlines()
     if lines and lines[0].strip().split("|")[1:] == list(TEST_COLUMNS):
-        return load_test_queries(path)["query_text"].str.strip().tolist()
+        return load_test_queries(path, check_images=False)["query_text"].str.strip().tolist()
     queries = [line.strip() for line in lines if line.strip()]
     if not queries:
         raise _error(path, None, "no queries found", "write one query per line")

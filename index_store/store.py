@@ -1,0 +1,298 @@
+"""Read and write an index folder atomically: a reader sees the old complete index or the new one, never a mix.
+
+Folder layout (row i of every file is FAISS id i):
+  index.faiss    the ANN index (see index_store.ann)
+  meta.csv       rel_path, size, mtime_ns, sha256, child_prob (NaN = not scored) [+ caller's extra columns]
+  vectors.npy    (count, dim) float32/float16 L2-normalised vectors, memory-mapped on load (rerank / rebuild)
+  manifest.json  format_version, count, dim, metric, index type + params, encoders, model_id, versions, dates
+meta is CSV because pyarrow is not a dependency; it is written with surrogateescape so any file name round-trips.
+
+Write protocol: everything goes to a sibling `.<name>.tmp-<pid>` folder, each file and the folder are fsynced,
+then the folder is swapped in. On Linux the swap is one `renameat2(RENAME_EXCHANGE)`: atomic. Elsewhere it is
+rename-aside (`.<name>.old-<pid>`) then rename-in; `load` falls back to the aside copy if it runs in between,
+and the next write restores or deletes leftovers of a crashed writer.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import glob
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from index_store.ann import FLAT_MAX, apply_search_params, build_ann
+from index_store.manifest import MANIFEST_NAME, Manifest, check_expected, library_versions, now_iso
+from retrieval.errors import IndexNotFoundError, RetrievalError
+
+INDEX_NAME = "index.faiss"
+META_NAME = "meta.csv"
+VECTORS_NAME = "vectors.npy"
+META_COLUMNS = ("rel_path", "size", "mtime_ns", "sha256", "child_prob")
+_META_DTYPES = {"rel_path": str, "size": "int64", "mtime_ns": "int64", "sha256": str, "child_prob": "float64"}
+
+
+@dataclass(frozen=True)
+class LoadedIndex:
+    folder: Path
+    index: Any
+    meta: pd.DataFrame
+    vectors: npt.NDArray[Any]
+    manifest: Manifest
+
+    @property
+    def count(self) -> int:
+        return self.manifest.count
+
+
+def _missing(folder: Path) -> IndexNotFoundError:
+    return IndexNotFoundError(f"no index at {str(folder)!r}; run `retrieve build-index IMAGES --index {folder}`")
+
+
+class IndexStore:
+    """Stateless reader/writer of index folders (see module docstring)."""
+
+    @staticmethod
+    def exists(folder: str | os.PathLike[str]) -> bool:
+        folder = Path(folder)
+        return (folder / MANIFEST_NAME).is_file() or _aside_copy(folder) is not None
+
+    @staticmethod
+    def write(
+        folder: str | os.PathLike[str],
+        vectors: npt.NDArray[Any],
+        meta: pd.DataFrame,
+        manifest_fields: Mapping[str, Any],
+        index: Any = None,
+        index_params: Mapping[str, Any] | None = None,
+        flat_max: int = FLAT_MAX,
+        vector_dtype: str = "float32",
+    ) -> Manifest:
+        """Write a complete index folder atomically; builds the ANN from `vectors` unless `index` is given."""
+        import faiss
+
+        folder = _target(folder)
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2:
+            raise ValueError(f"vectors must be (count, dim), got shape {vectors.shape}")
+        if len(meta) != len(vectors):
+            raise ValueError(f"meta has {len(meta)} rows but vectors has {len(vectors)}; row i must be FAISS id i")
+        missing = [c for c in META_COLUMNS if c not in meta.columns]
+        if missing:
+            raise ValueError(f"meta is missing columns {missing}; expected at least {list(META_COLUMNS)}")
+        if meta["rel_path"].duplicated().any():
+            raise ValueError(f"meta has duplicate rel_path values, e.g. {meta['rel_path'][meta['rel_path'].duplicated()].iloc[0]!r}")
+        if vector_dtype not in ("float32", "float16"):
+            raise ValueError(f"vector_dtype {vector_dtype!r} is not supported; use 'float32' or 'float16'")
+        metric = str(manifest_fields.get("metric", "ip"))
+        if index is None:
+            index, params = build_ann(vectors.astype(np.float32, copy=False), metric=metric, flat_max=flat_max)
+        else:
+            params = dict(index_params or {"index_type": type(index).__name__})
+        if index.ntotal != len(vectors):
+            raise ValueError(f"index holds {index.ntotal} vectors but {len(vectors)} rows were given")
+
+        fields = dict(manifest_fields)
+        fields.update(
+            count=len(vectors),
+            dim=int(vectors.shape[1]),
+            metric=metric,
+            index_type=params.get("index_type", "flat"),
+            index_params={k: v for k, v in params.items() if k != "index_type"},
+            vector_dtype=vector_dtype,
+            versions={**library_versions(), **dict(fields.get("versions") or {})},
+            created=fields.get("created") or now_iso(),
+            updated=now_iso(),
+        )
+        manifest = Manifest.from_fields(fields)
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(folder)
+        tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        try:
+            faiss.write_index(index, str(tmp / INDEX_NAME))
+            _fsync_file(tmp / INDEX_NAME)
+            with open(tmp / VECTORS_NAME, "wb") as fh:
+                np.save(fh, np.ascontiguousarray(vectors, dtype=vector_dtype))
+                _flush(fh)
+            cols = list(META_COLUMNS) + [c for c in meta.columns if c not in META_COLUMNS]
+            with open(tmp / META_NAME, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+                meta[cols].to_csv(fh, index=False)
+                _flush(fh)
+            manifest.write(tmp)
+            _fsync_file(tmp / MANIFEST_NAME)
+            _fsync_dir(tmp)
+            _swap_in(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return manifest
+
+    @staticmethod
+    def load(
+        folder: str | os.PathLike[str], expect: Mapping[str, Any] | None = None, mmap: bool = True
+    ) -> LoadedIndex:
+        """Load a folder written by `write`. Raises IndexNotFoundError, IndexVersionError, ModelMismatchError."""
+        import faiss
+
+        folder = Path(folder)
+        source = folder if (folder / MANIFEST_NAME).is_file() else _aside_copy(folder)
+        if source is None:
+            raise _missing(folder)
+        try:
+            manifest = Manifest.read(source)
+        except (OSError, ValueError) as exc:
+            raise IndexNotFoundError(
+                f"index at {str(folder)!r} has an unreadable manifest ({exc}); rebuild with "
+                f"`retrieve build-index IMAGES --index {folder}`"
+            ) from None
+        check_expected(manifest, expect, folder)
+        try:
+            index = apply_search_params(faiss.read_index(str(source / INDEX_NAME)), manifest.index_params)
+            vectors = np.load(source / VECTORS_NAME, mmap_mode="r" if (mmap and manifest.count) else None)
+            meta = read_meta(source / META_NAME)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise IndexNotFoundError(
+                f"index at {str(folder)!r} is incomplete or corrupt ({type(exc).__name__}); rebuild with "
+                f"`retrieve build-index IMAGES --index {folder}`"
+            ) from None
+        sizes = {"manifest": manifest.count, "meta": len(meta), "vectors": len(vectors), "faiss": index.ntotal}
+        if len(set(sizes.values())) != 1 or (vectors.ndim == 2 and vectors.shape[1] != manifest.dim):
+            raise IndexNotFoundError(
+                f"index at {str(folder)!r} is inconsistent (row counts {sizes}); rebuild with "
+                f"`retrieve build-index IMAGES --index {folder}`"
+            )
+        return LoadedIndex(folder=folder, index=index, meta=meta, vectors=vectors, manifest=manifest)
+
+
+def read_meta(path: Path) -> pd.DataFrame:
+    """meta.csv with exact dtypes: names like "NA" or "123" stay strings; an empty child_prob is NaN."""
+    return pd.read_csv(
+        path,
+        dtype=_META_DTYPES,
+        keep_default_na=False,
+        na_values={"child_prob": ["", "NaN", "nan"]},
+        encoding="utf-8",
+        encoding_errors="surrogateescape",
+    )
+
+
+def clean_stale(folder: str | os.PathLike[str]) -> None:
+    """Remove temp folders of dead writers; put back an aside copy if a writer died between its two renames."""
+    folder = Path(folder)
+    if not folder.parent.is_dir():
+        return
+    for path in folder.parent.glob(f".{glob.escape(folder.name)}.*-*"):
+        kind, _, pid = path.name[len(folder.name) + 2 :].rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not folder.exists() and (path / MANIFEST_NAME).is_file():
+            os.replace(path, folder)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _target(folder: str | os.PathLike[str]) -> Path:
+    path = Path(folder).expanduser().absolute()
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists():
+        if not path.is_dir():
+            raise RetrievalError(f"--index {str(path)!r} is a file; pass a folder path for the index")
+        if any(path.iterdir()) and not (path / MANIFEST_NAME).is_file():
+            raise RetrievalError(
+                f"--index {str(path)!r} is a non-empty folder without {MANIFEST_NAME}; pass a new or empty folder"
+            )
+    return path
+
+
+def _aside_copy(folder: Path) -> Path | None:
+    """A complete `.name.old-<pid>` left while a writer is between its renames (non-Linux fallback only)."""
+    if folder.exists() or not folder.parent.is_dir():
+        return None
+    copies = sorted(p for p in folder.parent.glob(f".{glob.escape(folder.name)}.old-*") if (p / MANIFEST_NAME).is_file())
+    return copies[-1] if copies else None
+
+
+def _swap_in(tmp: Path, folder: Path) -> None:
+    if not os.path.lexists(folder):
+        os.rename(tmp, folder)
+    elif _exchange(tmp, folder):
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous index
+    else:
+        aside = folder.parent / f".{folder.name}.old-{os.getpid()}"
+        os.rename(folder, aside)
+        os.rename(tmp, folder)
+        shutil.rmtree(aside, ignore_errors=True)
+    _fsync_dir(folder.parent)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE). False if unsupported here."""
+    if not hasattr(os, "uname") or os.uname().sysname != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    res = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if res == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _flush(fh: Any) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,233 @@
+"""Build or refresh an index folder from a folder of images, incrementally.
+
+A file is identified by its rel_path. Against the previous index (if it was built with the same image encoder
+and heads): unchanged (size, mtime_ns) rows are reused from the stored vectors, a changed size/mtime triggers a
+sha256 check (a touched-but-identical file is reused), new and really changed files go through the embed
+pipeline (whose cache also makes re-embedding after a kill or a heads change cheap), vanished files are dropped.
+Files that fail to decode never stop the build; they are reported with their reason.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from index_store import FLAT_MAX, IndexStore, LoadedIndex
+from retrieval.embed_pipeline import EmbeddingCache, iter_embedded, sha256_file
+from retrieval.encoders.base import FloatArray, ImageEncoder
+from retrieval.errors import DatasetError, IndexNotFoundError
+from retrieval.fs import FileEntry, check_images_root, walk_images
+from retrieval.imageio import DEFAULT_MAX_MEGAPIXELS, IMAGE_EXTENSIONS
+
+#: Manifest keys that must match for the previous index's vectors to be reused.
+_REUSE_KEYS = ("image_encoder", "image_encoder_sha", "model_id")
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build did. `failures` are (rel_path, reason) for files that could not be indexed."""
+
+    index_dir: Path
+    count: int
+    added: int
+    updated: int
+    removed: int
+    skipped: int  # unchanged files reused from the previous index without decoding
+    failures: tuple[tuple[str, str], ...] = ()
+    embedded: int = 0  # forward passes actually run (not served by the embedding cache)
+    cached: int = 0  # features served by the embedding cache
+    written: bool = True  # False when nothing changed and the folder was left untouched
+    rebuilt_reason: str | None = None  # why the previous index could not be reused, if it existed
+
+
+def build_index(
+    images_dir: str | os.PathLike[str],
+    index_dir: str | os.PathLike[str],
+    image_encoder: ImageEncoder,
+    project: Callable[[FloatArray], Any],
+    child_prob: Callable[[FloatArray], Any] | None = None,
+    manifest_fields: Mapping[str, Any] | None = None,
+    workers: int = 2,
+    batch_size: int = 32,
+    max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
+    progress: bool = False,
+    cache: EmbeddingCache | bool = True,
+    flat_max: int = FLAT_MAX,
+) -> BuildReport:
+    """Index every decodable image under `images_dir` into `index_dir` (created or refreshed atomically).
+
+    `project(feats) -> (n, d)` maps encoder features to search vectors (re-normalised here so "ip" = cosine);
+    `child_prob(feats) -> (n,)` is the legal flag stored per row (NaN when None). `cache=True` uses the default
+    EmbeddingCache in retrieval.config.cache_dir(), False disables it.
+    Raises DatasetError if the folder is missing or nothing could be indexed (and nothing was before).
+    """
+    root = check_images_root(images_dir)
+    index_dir = Path(index_dir).expanduser().absolute()
+    files = walk_images(root)
+    fields = {
+        **dict(manifest_fields or {}),
+        "image_encoder": image_encoder.id,
+        "image_encoder_sha": image_encoder.checksum(),
+        "images_root": str(root),
+    }
+    prev, rebuilt_reason = _previous(index_dir, fields)
+    store_cache = EmbeddingCache() if cache is True else (cache or None)
+
+    plan = _plan(files, prev)
+    todo = [files[i] for i in plan.embed]
+    new_rows: list[int] = []
+    new_shas: list[str] = []
+    vec_parts: list[FloatArray] = []
+    prob_parts: list[npt.NDArray[np.float64]] = []
+    failures: list[tuple[str, str]] = []
+    n_cached = 0
+    for batch in iter_embedded(todo, image_encoder, workers, batch_size, max_megapixels, store_cache, progress):
+        failures += batch.failures
+        n_cached += batch.n_cached
+        if not batch.ids:
+            continue
+        new_rows += [plan.embed[i] for i in batch.ids]
+        new_shas += batch.shas
+        vec_parts.append(_unit(np.asarray(project(batch.feats), dtype=np.float32), len(batch.ids)))
+        probs = np.full(len(batch.ids), np.nan) if child_prob is None else np.asarray(child_prob(batch.feats), np.float64)
+        prob_parts.append(probs.reshape(len(batch.ids)))
+
+    n_new = len(new_rows)
+    if prev is not None:
+        dim = prev.manifest.dim
+    elif vec_parts:
+        dim = vec_parts[0].shape[1]
+    else:
+        raise _nothing_indexed(root, files, failures)
+    if vec_parts and vec_parts[0].shape[1] != dim:  # heads changed dimension but kept model_id: refuse to mix
+        raise ValueError(f"project() returned dim {vec_parts[0].shape[1]} but the index has dim {dim}")
+
+    # Assemble rows in walk order (sorted rel_path): reused rows from the previous index, then new ones.
+    file_rows = np.concatenate([plan.reuse_file, np.asarray(new_rows, np.int64)])
+    order = np.argsort(file_rows, kind="stable")
+    file_rows = file_rows[order]
+    reused_vectors = (
+        np.asarray(prev.vectors[plan.reuse_prev], dtype=np.float32) if prev is not None and len(plan.reuse_prev)
+        else np.zeros((0, dim), np.float32)
+    )
+    vectors = np.concatenate([reused_vectors, *vec_parts])[order]
+    shas = np.concatenate([
+        prev.meta["sha256"].to_numpy(dtype=object)[plan.reuse_prev] if prev is not None else np.zeros(0, object),
+        np.asarray(new_shas, dtype=object),
+    ])[order]
+    probs = np.concatenate([
+        prev.meta["child_prob"].to_numpy(np.float64)[plan.reuse_prev] if prev is not None else np.zeros(0),
+        *prob_parts,
+    ])[order]
+    meta = pd.DataFrame({
+        "rel_path": [files[i].rel_path for i in file_rows],
+        "size": np.asarray([files[i].size for i in file_rows], np.int64),
+        "mtime_ns": np.asarray([files[i].mtime_ns for i in file_rows], np.int64),
+        "sha256": shas,
+        "child_prob": probs,
+    })
+
+    is_new = np.isin(np.asarray(new_rows, np.int64), plan.changed, invert=True)
+    added, updated = int(is_new.sum()), int(n_new - is_new.sum())
+    removed = (len(prev.meta) - len(plan.reuse_prev) - updated) if prev is not None else 0
+    changed_anything = prev is None or added or updated or removed or plan.touched
+    if changed_anything:
+        if prev is not None:
+            fields["created"] = prev.manifest.created
+        IndexStore.write(index_dir, vectors, meta, fields, flat_max=flat_max)
+    return BuildReport(
+        index_dir=index_dir,
+        count=len(meta),
+        added=added,
+        updated=updated,
+        removed=removed,
+        skipped=len(plan.reuse_prev),
+        failures=tuple(failures),
+        embedded=n_new - n_cached,
+        cached=n_cached,
+        written=bool(changed_anything),
+        rebuilt_reason=rebuilt_reason,
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    reuse_file: npt.NDArray[np.int64]  # file index of each reused row
+    reuse_prev: npt.NDArray[np.int64]  # matching row in the previous index
+    embed: list[int]  # file indices to run through the pipeline
+    changed: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))  # subset of embed
+    touched: int = 0  # size/mtime changed but same content: reused, meta updated
+
+
+def _plan(files: list[FileEntry], prev: LoadedIndex | None) -> _Plan:
+    n = len(files)
+    if prev is None or not len(prev.meta):
+        return _Plan(np.zeros(0, np.int64), np.zeros(0, np.int64), list(range(n)))
+    cur = pd.DataFrame({
+        "rel_path": [f.rel_path for f in files],
+        "size": np.asarray([f.size for f in files], np.int64),
+        "mtime_ns": np.asarray([f.mtime_ns for f in files], np.int64),
+        "file_row": np.arange(n),
+    })
+    old = prev.meta[["rel_path", "size", "mtime_ns", "sha256"]].assign(prev_row=np.arange(len(prev.meta)))
+    both = cur.merge(old, on="rel_path", how="inner", suffixes=("", "_old"))
+    same = (both["size"] == both["size_old"]) & (both["mtime_ns"] == both["mtime_ns_old"])
+    suspect = both[~same]
+    same_content = np.asarray(
+        [_sha_or_none(files[r].abs_path) == s for r, s in zip(suspect["file_row"], suspect["sha256"])], bool
+    )
+    reused = pd.concat([both[same], suspect[same_content]])
+    changed = suspect["file_row"].to_numpy(np.int64)[~same_content]
+    embed = np.setdiff1d(np.arange(n), reused["file_row"].to_numpy(np.int64))
+    return _Plan(
+        reuse_file=reused["file_row"].to_numpy(np.int64),
+        reuse_prev=reused["prev_row"].to_numpy(np.int64),
+        embed=embed.tolist(),
+        changed=changed,
+        touched=int(same_content.sum()),
+    )
+
+
+def _previous(index_dir: Path, fields: Mapping[str, Any]) -> tuple[LoadedIndex | None, str | None]:
+    """The previous index if its vectors can be reused; else (None, why). A newer format_version propagates."""
+    if not IndexStore.exists(index_dir):
+        return None, None
+    try:
+        prev = IndexStore.load(index_dir)
+    except IndexNotFoundError as exc:  # corrupt / incomplete: rebuild from scratch (the cache keeps it cheap)
+        return None, str(exc)
+    stored = prev.manifest.to_dict()
+    for key in _REUSE_KEYS:
+        wanted = fields.get(key)
+        if wanted not in (None, "") and stored.get(key) != wanted:
+            return None, f"previous index has {key}={stored.get(key)!r}, now {wanted!r}"
+    return prev, None
+
+
+def _nothing_indexed(root: Path, files: list[FileEntry], failures: list[tuple[str, str]]) -> DatasetError:
+    if not files:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        return DatasetError(f"no image files ({exts}) under {str(root)!r}; pass a folder that contains images")
+    rel, reason = failures[0] if failures else (files[0].rel_path, "unknown")
+    return DatasetError(
+        f"none of the {len(files)} image files under {str(root)!r} could be decoded (e.g. {rel!r}: {reason}); "
+        "check the files or raise --max-megapixels"
+    )
+
+
+def _sha_or_none(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def _unit(vectors: FloatArray, n: int) -> FloatArray:
+    if vectors.ndim != 2 or vectors.shape[0] != n:
+        raise ValueError(f"project() must return ({n}, d) vectors, got shape {vectors.shape}")
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,211 @@
+"""`RetrievalModel`: the learned heads (projection, reranker, policy probes) as a self-describing folder.
+
+Folder = `config.json` (encoder ids + weight checksums, views, dims, training fingerprint, seed, validation
+metrics, created, format_version, model_id) + `model.safetensors` (float32 arrays only, no pickles).
+`model_id` is the sha256 of model.safetensors, so an index can refuse heads it was not built with.
+Loading uses numpy + safetensors only (no torch): a cold CLI query must stay fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from retrieval.errors import ModelMismatchError, RetrievalError
+from retrieval.projection import LinearProjection
+from retrieval.reranker import Reranker
+
+FloatArray = npt.NDArray[np.float32]
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ModelNotFoundError(RetrievalError):
+    """No readable model folder (kept local: errors.py has no model-specific class)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_encoder: str
+    image_encoder_checksum: str
+    image_views: tuple[str, ...]
+    text_encoder: str
+    text_encoder_checksum: str
+    image_dim: int
+    text_dim: int
+    dim: int
+    method: str = "cca+infonce"
+    #: ranking key = cosine + rank_blend * reranker logit (0 = plain cosine)
+    rank_blend: float = 0.0
+    child_image_threshold: float = 0.5
+    child_text_threshold: float = 0.5
+    seed: int = 0
+    training: Mapping[str, Any] = field(default_factory=dict)
+    validation: Mapping[str, Any] = field(default_factory=dict)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+    model_id: str = ""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["image_views"] = tuple(kwargs.get("image_views", ("center",)))
+        return cls(**kwargs)
+
+
+def _probe_cls() -> Any:
+    try:
+        from retrieval.policy.classifiers import LinearProbe  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return LinearProbe
+
+
+class RetrievalModel:
+    """Heads on top of fixed encoders. Parts are passed in; `train.train_model` builds them."""
+
+    def __init__(self, config: ModelConfig, projection: LinearProjection, reranker: Reranker | None = None,
+                 image_probe: Any = None, text_probe: Any = None) -> None:
+        self.config = config
+        self.projection = projection
+        self.reranker = reranker
+        self.image_probe = image_probe
+        self.text_probe = text_probe
+
+    # --------------------------------------------------------------------------------------------- inference
+    @property
+    def dim(self) -> int:
+        return self.projection.dim
+
+    def project_images(self, feats: np.ndarray) -> FloatArray:
+        return self.projection.project_images(feats)
+
+    def project_texts(self, feats: np.ndarray) -> FloatArray:
+        return self.projection.project_texts(feats)
+
+    def score(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
+        """Calibrated relevance in [0, 1] for aligned rows (falls back to (cos+1)/2 without a reranker)."""
+        img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
+        if self.reranker is None:
+            return np.clip((np.sum(img_z * txt_z, axis=1) + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+        return self.reranker.score(img_z, txt_z)
+
+    def rank_key(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
+        """Ordering key for re-ranking search candidates: cosine + rank_blend * reranker logit."""
+        img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
+        cos = np.sum(img_z * txt_z, axis=1)
+        if self.reranker is None or self.config.rank_blend == 0.0:
+            return cos.astype(np.float32)
+        return (cos + self.config.rank_blend * self.reranker.logit(img_z, txt_z)).astype(np.float32)
+
+    def child_image_prob(self, feats: np.ndarray) -> FloatArray:
+        if self.image_probe is None:
+            raise ModelMismatchError("this model has no child image probe; retrain it with `retrieve train`")
+        return np.asarray(self.image_probe.predict_proba(feats), np.float32)
+
+    def child_text_prob(self, feats: np.ndarray) -> FloatArray:
+        if self.text_probe is None:
+            raise ModelMismatchError("this model has no child text probe; retrain it with `retrieve train`")
+        return np.asarray(self.text_probe.predict_proba(feats), np.float32)
+
+    def check_encoders(self, image_encoder: str | None = None, text_encoder: str | None = None,
+                       image_checksum: str | None = None, text_checksum: str | None = None) -> None:
+        """Raise ModelMismatchError (naming both pairs) when asked for encoders the heads were not trained on."""
+        c = self.config
+        bad = (
+            (image_encoder is not None and image_encoder != c.image_encoder)
+            or (text_encoder is not None and text_encoder != c.text_encoder)
+            or (image_checksum is not None and image_checksum != c.image_encoder_checksum)
+            or (text_checksum is not None and text_checksum != c.text_encoder_checksum)
+        )
+        if bad:
+            raise ModelMismatchError(
+                f"model was trained for image/text encoders {c.image_encoder!r}/{c.text_encoder!r} but "
+                f"{image_encoder or c.image_encoder!r}/{text_encoder or c.text_encoder!r} were asked "
+                "(checksums compared too); use the matching encoders or retrain with "
+                "`retrieve train --image-encoder ... --text-encoder ...`"
+            )
+
+    # --------------------------------------------------------------------------------------------- storage
+    def tensors(self) -> dict[str, np.ndarray]:
+        out = self.projection.to_tensors()
+        if self.reranker is not None:
+            out.update(self.reranker.to_tensors())
+        for name, probe in (("probe_img.", self.image_probe), ("probe_txt.", self.text_probe)):
+            if probe is not None:
+                out.update({name + k: np.ascontiguousarray(v, np.float32) for k, v in probe.to_tensors().items()})
+        return out
+
+    def save(self, directory: Path | str) -> Path:
+        """Atomic: written into a sibling temp folder, then swapped into place. Returns the folder."""
+        from safetensors.numpy import save_file
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            save_file(self.tensors(), str(tmp / WEIGHTS_NAME), metadata={"format": "retrieval-heads"})
+            model_id = hashlib.sha256((tmp / WEIGHTS_NAME).read_bytes()).hexdigest()
+            self.config = replace(self.config, model_id=model_id)
+            with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as fh:
+                json.dump(asdict(self.config), fh, indent=2, sort_keys=True, default=list)
+                fh.write("\n")
+            old = None
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+                os.replace(directory, old)
+            os.replace(tmp, directory)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path | str, image_encoder: str | None = None, text_encoder: str | None = None,
+             image_checksum: str | None = None, text_checksum: str | None = None) -> "RetrievalModel":
+        """Read a model folder; refuses newer formats, corrupted weights and (if given) other encoders."""
+        from safetensors.numpy import load_file
+
+        directory = Path(directory)
+        cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        if not cfg_path.is_file() or not w_path.is_file():
+            raise ModelNotFoundError(
+                f"no model in {str(directory)!r} (need {CONFIG_NAME} + {WEIGHTS_NAME}); "
+                "train one with `retrieve train --data DIR --out MODEL_DIR`"
+            )
+        try:
+            config = ModelConfig.from_json(json.loads(cfg_path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise ModelNotFoundError(f"{cfg_path} is not a valid model config ({exc}); retrain with `retrieve train`") from exc
+        if config.format_version > FORMAT_VERSION:
+            raise ModelMismatchError(
+                f"model format_version {config.format_version} is newer than supported ({FORMAT_VERSION}); "
+                "upgrade retrieval or retrain with `retrieve train`"
+            )
+        digest = hashlib.sha256(w_path.read_bytes()).hexdigest()
+        if config.model_id and digest != config.model_id:
+            raise ModelMismatchError(
+                f"{w_path} has sha256 {digest[:12]}… but config.json says model_id {config.model_id[:12]}…; "
+                "the folder was modified — retrain with `retrieve train`"
+            )
+        t = load_file(str(w_path))
+        reranker = Reranker.from_tensors(t) if "rerank.coef" in t else None
+        probes: list[Any] = []
+        for prefix in ("probe_img.", "probe_txt."):
+            sub = {k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)}
+            probe_cls = _probe_cls() if sub else None
+            probes.append(probe_cls.from_tensors(sub) if probe_cls is not None else None)
+        model = cls(config, LinearProjection.from_tensors(t), reranker, probes[0], probes[1])
+        model.check_encoders(image_encoder, text_encoder, image_checksum, text_checksum)
+        return model

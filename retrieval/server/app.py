@@ -1,0 +1,163 @@
+"""HTTP API and web page over one loaded Retriever.
+
+`create_app(retriever, policy)` receives its parts (tests pass a fake retriever). Routes:
+    GET /                  the search page (static/index.html + app.js + style.css; no CDN, works offline)
+    GET /api/search        q, k (1..100), min_score (0..1) -> the `apply_policy` object; visible hits gain url/thumb
+    GET /api/health        {"status", "count", "model_id", "policy"}
+    GET /api/image/{id}    the original file of index row id (404 unknown id, 451 withheld by policy)
+    GET /api/thumb/{id}    a cached JPEG thumbnail of it (same rules)
+Every error is JSON {"error": "<one line naming the fix>"} with a 4xx/5xx status.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import mimetypes
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from retrieval import __version__
+from retrieval.errors import ImageDecodeError, InvalidQueryError, RetrievalError
+from retrieval.policy.apply import apply_policy, validate_policy
+from retrieval.server.batcher import SearchBatcher, ServerBusyError
+from retrieval.server.images import ImageNotFoundError, ImageService, ImageWithheldError
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: The only files /static serves (a fixed table: no client-given path ever reaches the file system).
+STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+MAX_K = 100
+MAX_QUERY_CHARS = 500
+_STATUS = {InvalidQueryError: 400, ImageNotFoundError: 404, ImageWithheldError: 451, ServerBusyError: 503,
+           ImageDecodeError: 500}
+_NO_STORE = {"Cache-Control": "no-store"}
+_IMAGE_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+
+
+def model_id(retriever: Any) -> str | None:
+    """A short name for the loaded model: the retriever's `model_id`, else its encoders and head checksum."""
+    explicit = getattr(retriever, "model_id", None)
+    if explicit:
+        return str(explicit)
+    config = getattr(getattr(retriever, "model", None), "config", None)
+    if config is None:
+        return None
+    parts = [str(getattr(config, name)) for name in ("image_encoder", "text_encoder") if getattr(config, name, None)]
+    checksum = getattr(config, "checksum", None) or getattr(config, "heads_checksum", None)
+    if checksum:
+        parts.append(str(checksum)[:12])
+    return "|".join(parts) or None
+
+
+def parse_search_params(q: str | None, k: str | None, min_score: str | None) -> tuple[str, int, float]:
+    """Validate the raw query-string values; raises InvalidQueryError naming the bad value and the fix."""
+    text = " ".join((q or "").split())
+    if not text:
+        raise InvalidQueryError("missing query; pass ?q=some+words, e.g. /api/search?q=a+dog+on+a+beach")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidQueryError(f"query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}, shorten q")
+    try:
+        k_val = int(k) if k is not None else 10
+    except ValueError:
+        raise InvalidQueryError(f"k must be an integer in 1..{MAX_K}, got {k[:20]!r}; pass e.g. k=10") from None
+    if not 1 <= k_val <= MAX_K:
+        raise InvalidQueryError(f"k must be an integer in 1..{MAX_K}, got {k_val}; pass e.g. k=10")
+    try:
+        ms_val = float(min_score) if min_score not in (None, "") else 0.0
+    except ValueError:
+        ms_val = math.nan
+    if not 0.0 <= ms_val <= 1.0:  # also rejects nan
+        raise InvalidQueryError(f"min_score must be a number in 0..1, got {str(min_score)[:20]!r}; pass e.g. min_score=0.5")
+    return text, k_val, ms_val
+
+
+def public_result(raw: Any, policy: str) -> dict[str, Any]:
+    """`apply_policy(raw, policy)` plus url/thumb on each hit the policy left visible (withheld hits get none)."""
+    out = apply_policy(raw, policy)
+    if out["hits"]:
+        for shown, hit in zip(out["hits"], raw.hits):
+            if shown["path"] is not None:
+                shown["url"] = f"/api/image/{int(hit.image_id)}"
+                shown["thumb"] = f"/api/thumb/{int(hit.image_id)}"
+    return out
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path | None = None,
+               thumb_size: int = 256, max_batch: int = 32, batch_window_ms: float = 2.0) -> FastAPI:
+    """Build the web app over an opened retriever (anything with search_many, store.count and a hit lookup)."""
+    policy = validate_policy(policy)
+    if thumb_dir is None:
+        from retrieval.config import cache_dir
+
+        thumb_dir = cache_dir() / "thumbs"
+    batcher = SearchBatcher(retriever.search_many, max_batch=max_batch, window_s=batch_window_ms / 1000.0)
+    images = ImageService(retriever, policy, Path(thumb_dir), thumb_size)
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        batcher.close()
+
+    app = FastAPI(title="retrieval", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json")
+    app.state.retriever, app.state.batcher, app.state.images, app.state.policy = retriever, batcher, images, policy
+
+    @app.exception_handler(RetrievalError)
+    async def _retrieval_error(_req: Request, err: RetrievalError) -> JSONResponse:
+        status = next((code for cls, code in _STATUS.items() if isinstance(err, cls)), 500)
+        return _error(status, str(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(req: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = f"no route {req.url.path[:80]!r}; open / for the search page" if err.status_code == 404 else str(err.detail)
+        return _error(err.status_code, message, getattr(err, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"invalid {where or 'request'}: {first.get('msg', 'bad value')}")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=_NO_STORE)
+
+    @app.get("/static/{name}")
+    def static_file(name: str) -> Response:
+        if name not in static:
+            return _error(404, f"no static file {name[:40]!r}; the page uses only {', '.join(STATIC_FILES)}")
+        return Response(static[name], media_type=STATIC_FILES[name], headers=_NO_STORE)
+
+    @app.get("/api/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "count": int(retriever.store.count), "model_id": model_id(retriever),
+                "policy": policy}
+
+    @app.get("/api/search")
+    async def search(q: str | None = None, k: str | None = None, min_score: str | None = None) -> JSONResponse:
+        text, k_val, ms_val = parse_search_params(q, k, min_score)
+        raw = await asyncio.wrap_future(batcher.submit(text, k_val, ms_val))
+        return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
+
+    @app.get("/api/image/{image_id}")
+    def image(image_id: str) -> FileResponse:
+        path = images.path_of(image_id)
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media, headers=_IMAGE_HEADERS)
+
+    @app.get("/api/thumb/{image_id}")
+    def thumb(image_id: str) -> Response:
+        return Response(images.thumbnail(image_id), media_type="image/jpeg", headers=_IMAGE_HEADERS)
+
+    return app
