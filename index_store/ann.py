@@ -12,7 +12,7 @@ Choice:
 How recall was measured (`python benchmarks/bench_ann.py`, numbers in benchmarks/results/ann.json): vectors are
 NOT iid Gaussian (on which every ANN looks bad and nothing is learned) but `synthetic_clustered`: an anisotropic
 (power-law spectrum) space with Zipf-sized clusters, points at cosine ~0.6 to their centre, like CNN/text
-embeddings after projection. Queries are held-out, noisier cluster draws (nearest cosine ~0.45, like a text query
+embeddings after projection. Queries are held-out, noisier cluster draws (nearest cosine ~0.4, like a text query
 vs images, the hard case for IVF since neighbours spread over more cells). recall@10 = |ANN top10 ∩ exact
 top10| / 10 averaged over 500 queries, exact = IndexFlatIP on the same float32 vectors.
 """
@@ -32,13 +32,6 @@ FLAT_MAX = 50_000
 HNSW_PARAMS = {"M": 32, "efConstruction": 80, "efSearch": 256}
 #: Points used to fit the 8-bit quantiser's per-dimension ranges.
 SQ_TRAIN_POINTS = 100_000
-#: k-means trains on at most this many points per IVF cell (faiss warns below 39); IVF is kept for comparison.
-TRAIN_POINTS_PER_LIST = 64
-
-
-def ivf_params(n: int) -> dict[str, int]:
-    nlist = max(16, int(round(4 * math.sqrt(n))))
-    return {"nlist": nlist, "nprobe": min(nlist, max(32, nlist // 16))}
 
 
 def build_ann(

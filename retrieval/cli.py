@@ -142,6 +142,25 @@ def serve_cmd(index_dir: Path, model_dir: Path | None, host: str, port: int, pol
     click.echo(f"serving {app.state.retriever.store.count} images at http://{host}:{port}/ (policy {policy}); Ctrl-C stops")
     serve(app, host=host, port=port)
 
+@cli.command("evaluate")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="Course-layout folder with test_queries.csv and test_images/.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (default: shipped).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("evaluate_out"), show_default=True,
+              help="Where metrics.json, sheet.html/png and the test index go.")
+@click.option("--policy", type=click.Choice(["strict", "audit", "off"]), default="strict", show_default=True)
+def evaluate_cmd(data_dir: Path, model_dir: Path | None, out_dir: Path, policy: str) -> None:
+    """R@1/5/10, MRR, median rank (projection vs reranked), Kendall tau vs grades; writes metrics.json + a sheet."""
+    from retrieval.evaluate import evaluate, metrics_table
+
+    metrics = evaluate(data_dir, model_dir, out_dir, policy=policy)
+    click.echo(metrics_table(metrics).round(3).to_string())
+    for key, val in metrics.items():
+        if "tau" in key:
+            click.echo(f"{key}: {val:.3f}")
+    click.echo(f"wrote {out_dir / 'metrics.json'} and {metrics['sheet']}")
+
+
 
 def main() -> None:
     cli()

