@@ -15,6 +15,8 @@ NOT iid Gaussian (on which every ANN looks bad and nothing is learned) but `synt
 embeddings after projection. Queries are held-out, noisier cluster draws (nearest cosine ~0.4, like a text query
 vs images, the hard case for IVF since neighbours spread over more cells). recall@10 = |ANN top10 ∩ exact
 top10| / 10 averaged over 500 queries, exact = IndexFlatIP on the same float32 vectors.
+Result at n=200k, d=256 (2 shared cores, load ~10): flat 41 ms/query, 1024 B/img; HNSW-SQ8 efSearch 64/128/256/512
+-> recall@10 0.908/0.941/0.959/0.971 at 0.28/0.62/0.89/2.0 ms/query (one thread), 528 B/img, build 329 s.
 """
 from __future__ import annotations
 

@@ -51,6 +51,15 @@ class LoadedIndex:
     def count(self) -> int:
         return self.manifest.count
 
+    def search(self, queries: npt.NDArray[Any], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """(scores, row ids), each (n_queries, min(k, count)); ids index `meta` and `vectors` rows (-1 = none)."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        q = q[None, :] if q.ndim == 1 else q
+        k = min(int(k), self.count)
+        if k <= 0 or not len(q):
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        return self.index.search(q, k)
+
 
 def _missing(folder: Path) -> IndexNotFoundError:
     return IndexNotFoundError(f"no index at {str(folder)!r}; run `retrieve build-index IMAGES --index {folder}`")

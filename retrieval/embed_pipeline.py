@@ -200,7 +200,7 @@ def _pool(backend: str, workers: int, encoder: ImageEncoder, cache: EmbeddingCac
 def iter_embedded(
     files: Sequence[FileEntry],
     encoder: ImageEncoder,
-    workers: int = 2,
+    workers: int | None = 2,
     batch_size: int = 32,
     max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
     cache: EmbeddingCache | None = None,
@@ -215,7 +215,7 @@ def iter_embedded(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    workers = max(1, int(workers))
+    workers = max(1, int(workers)) if workers else min(4, os.cpu_count() or 1)
     window = max(2 * batch_size, 4 * workers)
     bar = tqdm(total=len(files), unit="img", desc="embedding", file=sys.stderr, disable=not progress, leave=False)
     pending: deque[Future[_Prepared]] = deque()
@@ -278,7 +278,7 @@ def _embed_ready(
 def embed_files(
     files: Sequence[FileEntry],
     encoder: ImageEncoder,
-    workers: int = 2,
+    workers: int | None = 2,
     batch_size: int = 32,
     max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
     cache: EmbeddingCache | None = None,

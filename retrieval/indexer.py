@@ -52,7 +52,7 @@ def build_index(
     project: Callable[[FloatArray], Any],
     child_prob: Callable[[FloatArray], Any] | None = None,
     manifest_fields: Mapping[str, Any] | None = None,
-    workers: int = 2,
+    workers: int | None = 2,
     batch_size: int = 32,
     max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
     progress: bool = False,
@@ -62,17 +62,18 @@ def build_index(
     """Index every decodable image under `images_dir` into `index_dir` (created or refreshed atomically).
 
     `project(feats) -> (n, d)` maps encoder features to search vectors (re-normalised here so "ip" = cosine);
-    `child_prob(feats) -> (n,)` is the legal flag stored per row (NaN when None). `cache=True` uses the default
+    `child_prob(feats) -> (n,)` is the legal flag stored per row (NaN when None). `workers=None` = min(4, cpus). `cache=True` uses the default
     EmbeddingCache in retrieval.config.cache_dir(), False disables it.
     Raises DatasetError if the folder is missing or nothing could be indexed (and nothing was before).
     """
     root = check_images_root(images_dir)
     index_dir = Path(index_dir).expanduser().absolute()
     files = walk_images(root)
+    # Caller's identity wins (it is what `IndexStore.load(expect=model.index_identity())` compares against).
     fields = {
-        **dict(manifest_fields or {}),
         "image_encoder": image_encoder.id,
         "image_encoder_sha": image_encoder.checksum(),
+        **dict(manifest_fields or {}),
         "images_root": str(root),
     }
     prev, rebuilt_reason = _previous(index_dir, fields)

