@@ -7,6 +7,27 @@ from typing import Any
 from retrieval.encoders import build_image_encoder
 
 
+def default_model_dir() -> Path:
+    from retrieval.config import DEFAULT_MODEL_DIR
+
+    return DEFAULT_MODEL_DIR
+
+
+def index_identity(model: Any) -> dict[str, Any]:
+    """What an index is only valid for: the encoders and heads that produced its vectors (manifest + load check)."""
+    c = model.config
+    return {"image_encoder": c.image_encoder, "image_encoder_sha": c.image_encoder_checksum,
+            "text_encoder": c.text_encoder, "text_encoder_sha": c.text_encoder_checksum,
+            "model_id": c.model_id, "dim": int(model.dim), "metric": "ip"}
+
+
+def load_model(model_dir: str | Path | None = None) -> Any:
+    """The heads model folder, default: the one shipped in the package."""
+    from retrieval.model import RetrievalModel
+
+    return RetrievalModel.load(Path(model_dir) if model_dir else default_model_dir())
+
+
 def build_index_with_model(
     images_dir: str | Path,
     index_dir: str | Path,
@@ -18,9 +39,8 @@ def build_index_with_model(
 ) -> Any:
     """Embed every image under `images_dir` with the model's encoders and write/update `index_dir` atomically."""
     from retrieval.indexer import build_index
-    from retrieval.model import RetrievalModel, default_model_dir
 
-    model = RetrievalModel.load(Path(model_dir) if model_dir else default_model_dir())
+    model = load_model(model_dir)
     encoder = build_image_encoder(model.config.image_encoder, views=tuple(model.config.image_views))
     return build_index(
         Path(images_dir),
@@ -28,7 +48,7 @@ def build_index_with_model(
         image_encoder=encoder,
         project=model.project_images,
         child_prob=model.child_image_prob,
-        manifest_fields=model.index_identity(),
+        manifest_fields=index_identity(model),
         workers=workers,
         batch_size=batch_size,
         max_megapixels=max_megapixels,

@@ -162,6 +162,55 @@ def evaluate_cmd(data_dir: Path, model_dir: Path | None, out_dir: Path, policy: 
 
 
 
+@cli.command("train")
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Course-layout training folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Model folder to write (replaced atomically).")
+@click.option("--no-extra-captions", is_flag=True, help="Use only train_dataset.csv query texts as positives.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--keep-restricted", is_flag=True, help="Turn OFF the rule that drops child images and child texts from training.")
+@click.option("--image-encoder", default=None, help="Image encoder (default: efficientnet-lite0+efficientnet-lite2).")
+@click.option("--text-encoder", default=None, help="Text encoder (default: all-mpnet-base-v2).")
+def train_cmd(data_dir: Path, out_dir: Path, no_extra_captions: bool, seed: int, keep_restricted: bool,
+              image_encoder: str | None, text_encoder: str | None) -> None:
+    """Train the projection, reranker and child probes; prints K-fold validation metrics."""
+    import json
+
+    from retrieval.train import train_model
+
+    kwargs = {k: v for k, v in (("image_encoder", image_encoder), ("text_encoder", text_encoder)) if v}
+    metrics = train_model(data_dir, out_dir, extra_captions=not no_extra_captions, seed=seed,
+                          keep_restricted=keep_restricted, progress=lambda m: click.echo(m, err=True), **kwargs)
+    click.echo(json.dumps(metrics, indent=2))
+
+
+@cli.command("score")
+@click.argument("image", required=False, type=click.Path(path_type=Path))
+@click.argument("text", required=False)
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (default: shipped).")
+@click.option("--pairs", "pairs_file", type=click.Path(path_type=Path), default=None, help="CSV with columns image,text.")
+@click.option("--out", "out_file", type=click.Path(path_type=Path), default=None, help="Where to write image,text,score,error.")
+def score_cmd(image: Path | None, text: str | None, model_dir: Path | None, pairs_file: Path | None,
+              out_file: Path | None) -> None:
+    """Calibrated 0-1 relevance of IMAGE and TEXT, or of every row of --pairs (written to --out)."""
+    from retrieval.config import DEFAULT_MODEL_DIR
+    from retrieval.errors import InvalidQueryError
+    from retrieval.model import RetrievalModel
+    from retrieval.scoring import read_pairs, score_one, score_pairs, write_scores
+
+    if (pairs_file is None) == (image is None) or (image is not None and text is None):
+        raise InvalidQueryError("give either IMAGE_PATH \"text\" or --pairs PAIRS.csv --out SCORES.csv")
+    model = RetrievalModel.load(model_dir or DEFAULT_MODEL_DIR)
+    if image is not None:
+        click.echo(f"{score_one(model, image, text or ''):.4f}")
+        return
+    if out_file is None:
+        raise InvalidQueryError("--pairs needs --out SCORES.csv")
+    result = score_pairs(model, read_pairs(pairs_file), base_dir=pairs_file.parent)
+    write_scores(result, out_file)
+    bad = int((result["error"] != "").sum())
+    click.echo(f"wrote {len(result)} scores to {out_file}" + (f" ({bad} rows with errors)" if bad else ""))
+
+
 def main() -> None:
     cli()
 

@@ -85,7 +85,7 @@ def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir:
                            "replace or remove those files / queries")
     texts = queries["query_text"].tolist()
     target = queries["image"].map(col).to_numpy()
-    img_z = np.asarray(retriever.store.vectors_of(np.arange(retriever.store.count)), np.float32)
+    img_z = np.asarray(retriever.store.vectors[:], np.float32)
     txt_z = retriever.model.project_texts(retriever.text_encoder.encode(texts))
     cosine = txt_z @ img_z.T
     rerank = np.stack([retriever.model.score(img_z, z) for z in txt_z])

@@ -49,7 +49,8 @@ def course_image_names(data_dir: Path) -> list[str]:
     folder = Path(data_dir) / "train_images"
     if not folder.is_dir():
         raise DatasetError(f"no train_images/ folder in {str(data_dir)!r}; pass the course folder to --data")
-    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
 
 
 def read_extra_captions(data_dir: Path) -> list[tuple[str, str]]:

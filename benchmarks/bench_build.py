@@ -1,0 +1,178 @@
+"""Images/s of the real index build vs the naive one-image-at-a-time loop, in the same run.
+
+Usage: python benchmarks/bench_build.py [--n 128] [--reps 3] [--encoder efficientnet-lite0] [--views 1,2,4]
+       [--skip-forward] [--out benchmarks/results/bench_build.json]
+
+- naive: for each file, PIL open -> preprocess -> embed a batch of one with the *reference* forward (the seed
+  notebook's way); "naive-fast" is the same loop with the default (fast) backend.
+- build: `retrieval.indexer.build_index` (parallel decode threads, batches of 32, default backend, no embedding
+  cache, a fresh index folder each run) for 1, 2 and 4 views per image.
+- forward: `embed_batch` alone on already-decoded items, batch 32 and 1, for each backend.
+
+Input: the first --n course train images (500x375 JPEGs) copied into a temp folder. Rounds are interleaved (the
+2 cores are shared with other jobs), the first round is a warm-up and dropped, medians are reported; wall time
+gives images/s, process CPU time per image shows what an idle machine could reach. Writes a JSON file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from retrieval.config import course_data_dir
+from retrieval.encoders import image as image_mod
+
+ALL_VIEWS = ("center", "full", "center-flip", "full-flip")
+
+
+def hardware() -> dict[str, object]:
+    model = platform.processor()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        flags = ""
+        for line in out.splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "Model name":
+                model = val.strip()
+            if key.strip() == "Flags":
+                flags = val
+        isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f" {f} " in f"{flags} "]
+    except (OSError, subprocess.CalledProcessError):
+        isa = []
+    return {"cpu": model, "cores": os.cpu_count(), "isa": isa, "load_avg_1m": round(os.getloadavg()[0], 2)}
+
+
+def versions() -> dict[str, str]:
+    import PIL
+    import torch
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+           "pillow": PIL.__version__, "torch_threads": str(torch.get_num_threads())}
+    try:
+        import openvino
+
+        out["openvino"] = openvino.get_version()
+    except ImportError:
+        out["openvino"] = "not installed"
+    return out
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", default=str(course_data_dir() / "train_images"))
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3, help="measured rounds after one warm-up round")
+    ap.add_argument("--encoder", default="efficientnet-lite0", choices=("efficientnet-lite0", "efficientnet-lite2"))
+    ap.add_argument("--views", default="1,2,4", help="view counts to build with (1=center, 2=+full, 4=+flips)")
+    ap.add_argument("--skip-forward", action="store_true", help="skip the forward-only backend table")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_build.json"))
+    args = ap.parse_args()
+
+    from PIL import Image
+
+    from retrieval.indexer import build_index
+
+    src = sorted(Path(args.images).glob("*.jpg"))[: args.n]
+    if not src:
+        sys.exit(f"no .jpg images in {args.images}; pass --images DIR")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_build_"))
+    img_dir = tmp / "images"
+    img_dir.mkdir()
+    for p in src:
+        shutil.copy(p, img_dir / p.name)
+    files = sorted(img_dir.glob("*.jpg"))
+    n = len(files)
+    hw, ver = hardware(), versions()
+    print(f"cpu: {hw['cpu']} | cores {hw['cores']} | isa {','.join(hw['isa'])} | load {hw['load_avg_1m']}")
+    print("versions: " + " ".join(f"{k}={v}" for k, v in ver.items()))
+    print(f"images: {n} x {Image.open(files[0]).size} JPEG from {args.images}; encoder {args.encoder}")
+
+    def encoder(views: int, backend: str | None = None) -> image_mod.TorchImageEncoder:
+        return image_mod.efficientnet_lite(args.encoder, views=ALL_VIEWS[:views], backend=backend)
+
+    def naive(enc: image_mod.TorchImageEncoder) -> Callable[[], object]:
+        return lambda: [enc.embed_batch([enc.preprocess(Image.open(f).convert("RGB"))]) for f in files]
+
+    run_id = iter(range(10**6))
+
+    def build(enc: image_mod.TorchImageEncoder) -> Callable[[], object]:
+        def go() -> object:
+            out = tmp / f"index-{next(run_id)}"
+            report = build_index(img_dir, out, enc, project=lambda f: f, cache=False, workers=2, batch_size=32)
+            assert report.count == n, report
+            shutil.rmtree(out, ignore_errors=True)
+            return report
+
+        return go
+
+    default = encoder(1)
+    variants: dict[str, tuple[Callable[[], object], int]] = {
+        "naive (reference fwd, batch 1)": (naive(encoder(1, "reference")), n),
+        f"naive ({default.backend} fwd, batch 1)": (naive(default), n),
+    }
+    for v in (int(x) for x in args.views.split(",")):
+        variants[f"build_index {default.backend} views={v}"] = (build(encoder(v)), n)
+    if not args.skip_forward:
+        items = [default.preprocess(Image.open(f).convert("RGB")) for f in files[:32]]
+        for backend in ("reference", "torch", "openvino"):
+            try:
+                enc = encoder(1, backend)
+            except Exception as exc:  # noqa: BLE001 - e.g. openvino not installed: report and go on
+                print(f"forward {backend}: unavailable ({exc})")
+                continue
+            variants[f"forward {backend} batch 32"] = ((lambda e=enc: e.embed_batch(items)), len(items))
+            variants[f"forward {backend} batch 1"] = ((lambda e=enc: [e.embed_batch([it]) for it in items[:8]]), 8)
+
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+    for rnd in range(args.reps + 1):
+        for name, (fn, _) in variants.items():
+            res = timed(fn)
+            if rnd:  # round 0 = warm-up (OpenVINO compile, page cache, allocator)
+                samples[name].append(res)
+        print(f"round {rnd}/{args.reps} done (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+
+    rows = {}
+    for name, (_, count) in variants.items():
+        wall = statistics.median(s[0] for s in samples[name])
+        cpu = statistics.median(s[1] for s in samples[name])
+        rows[name] = {"images_per_s": count / wall, "wall_ms_per_image": 1000 * wall / count,
+                      "cpu_ms_per_image": 1000 * cpu / count, "runs_s": [round(s[0], 3) for s in samples[name]]}
+    naive_ref = rows["naive (reference fwd, batch 1)"]["images_per_s"]
+    print(f"\n{'variant':44s} {'img/s':>8s} {'wall ms/img':>12s} {'cpu ms/img':>11s} {'x naive':>8s}")
+    for name, r in rows.items():
+        r["ratio_vs_naive_reference"] = r["images_per_s"] / naive_ref
+        print(f"{name:44s} {r['images_per_s']:8.1f} {r['wall_ms_per_image']:12.1f} {r['cpu_ms_per_image']:11.1f}"
+              f" {r['ratio_vs_naive_reference']:8.2f}")
+    build1 = rows[f"build_index {default.backend} views=1"] if "1" in args.views.split(",") else None
+    if build1:
+        print(f"\nbuild_index (views=1) vs naive loop: {build1['ratio_vs_naive_reference']:.2f}x "
+              f"({build1['images_per_s']:.1f} vs {naive_ref:.1f} images/s, load {os.getloadavg()[0]:.1f})")
+    result = {"hardware": hw, "versions": ver, "encoder": args.encoder, "n_images": n, "reps": args.reps,
+              "default_backend": default.backend, "load_avg_1m_end": round(os.getloadavg()[0], 2), "variants": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = Path(args.out).with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2))
+    os.replace(tmp_out, args.out)
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

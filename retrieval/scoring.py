@@ -1,0 +1,123 @@
+"""`retrieve score`: calibrated 0-1 relevance of (image, text) pairs with a trained model folder.
+
+Unique images and texts are encoded once each (batched). An unreadable image gives that row an `error` and a
+NaN score; the other rows are still scored. An empty text is a user error for the whole call (InvalidQueryError).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from retrieval.errors import DatasetError, ImageDecodeError, InvalidQueryError
+from retrieval.model import RetrievalModel
+
+
+def _encoders(model: RetrievalModel) -> tuple[Any, Any]:
+    from retrieval.encoders import build_image_encoder, build_text_encoder
+
+    cfg = model.config
+    ienc = build_image_encoder(cfg.image_encoder, views=tuple(cfg.image_views))
+    tenc = build_text_encoder(cfg.text_encoder)
+    model.check_encoders(image_checksum=ienc.checksum(), text_checksum=tenc.checksum())
+    return ienc, tenc
+
+
+def _load(path: Path) -> Any:
+    try:
+        from retrieval.imageio import load_image
+    except ImportError:  # pragma: no cover - imageio ships with the package
+        from PIL import Image, ImageOps
+
+        try:
+            with Image.open(path) as im:
+                return ImageOps.exif_transpose(im).convert("RGB")
+        except Exception as exc:
+            raise ImageDecodeError(f"{path.name}: {exc}") from None
+    return load_image(path)
+
+
+def _check_texts(texts: Sequence[Any]) -> list[str]:
+    out = []
+    for i, t in enumerate(texts):
+        text = "" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t).strip()
+        if not text:
+            raise InvalidQueryError(f"row {i + 1}: empty text; every pair needs a non-empty `text`")
+        out.append(text)
+    return out
+
+
+def score_pairs(model: RetrievalModel, pairs: pd.DataFrame, base_dir: Path | str | None = None,
+                batch_size: int = 16) -> pd.DataFrame:
+    """pairs with columns `image` (path, relative to `base_dir`) and `text` -> DataFrame(image, text, score, error)."""
+    text_col = "text" if "text" in pairs.columns else "query_text" if "query_text" in pairs.columns else None
+    if "image" not in pairs.columns or text_col is None:
+        raise DatasetError(f"pairs table has columns {list(pairs.columns)}; expected `image,text`")
+    texts = _check_texts(pairs[text_col].tolist())
+    images = [str(x) for x in pairs["image"].tolist()]
+    base = Path(base_dir) if base_dir is not None else Path(".")
+    ienc, tenc = _encoders(model)
+
+    uniq_img = sorted(set(images))
+    errors: dict[str, str] = {}
+    items, ok_names = [], []
+    for name in uniq_img:
+        path = Path(name) if Path(name).is_absolute() else base / name
+        try:
+            items.append(ienc.preprocess(_load(path)))
+            ok_names.append(name)
+        except ImageDecodeError as exc:
+            errors[name] = str(exc)
+    img_feat = np.zeros((0, ienc.dim), np.float32)
+    if items:
+        img_feat = np.concatenate([ienc.embed_batch(items[i : i + batch_size]) for i in range(0, len(items), batch_size)])
+    img_z = dict(zip(ok_names, model.project_images(img_feat))) if ok_names else {}
+
+    uniq_txt = sorted(set(texts))
+    txt_z = dict(zip(uniq_txt, model.project_texts(tenc.encode(uniq_txt))))
+
+    ok = np.array([n in img_z for n in images], bool)
+    scores = np.full(len(images), np.nan, np.float32)
+    if ok.any():
+        zi = np.stack([img_z[n] for n, good in zip(images, ok) if good])
+        zt = np.stack([txt_z[t] for t, good in zip(texts, ok) if good])
+        scores[ok] = model.score(zi, zt)
+    return pd.DataFrame({"image": images, "text": texts, "score": scores,
+                         "error": [errors.get(n, "") for n in images]})
+
+
+def score_one(model: RetrievalModel, image_path: Path | str, text: str) -> float:
+    """Score of one pair; an unreadable image raises ImageDecodeError."""
+    row = score_pairs(model, pd.DataFrame({"image": [str(image_path)], "text": [text]})).iloc[0]
+    if row["error"]:
+        raise ImageDecodeError(str(row["error"]))
+    return float(row["score"])
+
+
+def read_pairs(path: Path | str) -> pd.DataFrame:
+    """CSV (or TSV by extension) with `image,text` columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"pairs file {str(path)!r} not found; pass an existing CSV with columns image,text")
+    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+    return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+
+
+def write_scores(scores: pd.DataFrame, path: Path | str) -> Path:
+    """Atomic CSV write (temp file in the same folder, then os.replace)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            scores.to_csv(fh, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,265 @@
+"""Train the heads: K-fold validation first (honest numbers), then the final heads on all allowed training data.
+
+Training-data rule (default ON, `keep_restricted=True` turns it off): images whose captions mention a child
+(or flagged by `is_restricted_image`) are dropped, and so is every pair whose text mentions a child.
+Out-of-fold projections give the reranker honest features; a second grouped CV over those gives honest logits
+for the calibration table and for choosing the ranking blend. Deterministic for a given seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from retrieval.features import CourseEmbeddings, course_embeddings
+from retrieval.model import ModelConfig, RetrievalModel
+from retrieval.projection import LinearProjection, Pairs, fit_cca, fit_contrastive
+from retrieval.reranker import Reranker, fit_calibration, fit_logistic, pair_features
+from retrieval.validation import (CoursePairs, course_pairs, image_folds, mean_metrics, reranker_quality,
+                                  restricted_images, retrieval_metrics, train_mask_for)
+
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0+efficientnet-lite2"
+DEFAULT_TEXT_ENCODER = "all-mpnet-base-v2"
+DEFAULT_VIEWS: tuple[str, ...] = ("center", "full")
+#: progress(message) — the CLI prints it; the core never prints.
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Hyper-parameters of the heads (chosen by the K-fold sweeps logged in the ML notes)."""
+
+    d: int = 256
+    reg_img: float = 10.0
+    reg_txt: float = 3.0
+    power: float = 0.5
+    contrastive_epochs: int = 0
+    neg_per_pos: int = 2
+    logistic_c: float = 0.1
+    n_folds: int = 10
+    #: ranking/score key candidates a * reranker_logit + b * cosine; (0, 1) = plain cosine must be present
+    blends: tuple[tuple[float, float], ...] = ((0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (1.0, 3.0), (1.0, 10.0), (1.0, 30.0))
+
+
+def fit_projection(img_x: np.ndarray, txt_x: np.ndarray, pairs: Pairs, cfg: HeadConfig, seed: int = 0) -> LinearProjection:
+    proj = fit_cca(img_x, txt_x, pairs, d=cfg.d, reg_img=cfg.reg_img, reg_txt=cfg.reg_txt, power=cfg.power)
+    if cfg.contrastive_epochs > 0:
+        proj = fit_contrastive(img_x, txt_x, pairs, proj, epochs=cfg.contrastive_epochs, seed=seed)
+    return proj
+
+
+def _caption_pairs(cp: CoursePairs, img_ok: np.ndarray, txt_ok: np.ndarray) -> Pairs:
+    m = img_ok[cp.caption_img] & txt_ok[cp.caption_txt]
+    return Pairs(cp.caption_img[m], cp.caption_txt[m])
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Reranker rows: (image, text, soft target, kind) with kind 0 own caption, 1 negative, 2 expert, 3 crowd;
+    gid = row of the graded pair in CoursePairs (-1 otherwise)."""
+
+    img: np.ndarray
+    txt: np.ndarray
+    target: np.ndarray
+    kind: np.ndarray
+    gid: np.ndarray
+
+
+def reranker_rows(cp: CoursePairs, images: np.ndarray, rng: np.random.Generator, neg_per_pos: int) -> Rows:
+    """Rows whose image is in `images`: own captions (1), mismatched captions of the same image set (0), grades."""
+    in_set = np.zeros(cp.n_images, bool)
+    in_set[images] = True
+    pm = in_set[cp.caption_img]
+    pi, pt = cp.caption_img[pm], cp.caption_txt[pm]
+    ni = np.repeat(pi, neg_per_pos)
+    nt = pt[rng.integers(0, len(pt), len(ni))] if len(pt) else np.zeros(0, np.int64)
+    keep = cp.text_owner[nt] != ni
+    gm = in_set[cp.graded_img]
+    kind_g = np.where(np.array(cp.graded_source) == "expert", 2, 3)[gm] if len(cp.graded_source) else np.zeros(0, int)
+    return Rows(
+        img=np.concatenate([pi, ni[keep], cp.graded_img[gm]]),
+        txt=np.concatenate([pt, nt[keep], cp.graded_txt[gm]]),
+        target=np.concatenate([np.ones(len(pi)), np.zeros(int(keep.sum())), cp.graded_target[gm]]).astype(np.float32),
+        kind=np.concatenate([np.zeros(len(pi), int), np.ones(int(keep.sum()), int), kind_g]),
+        gid=np.concatenate([np.full(len(pi) + int(keep.sum()), -1), np.flatnonzero(gm)]),
+    )
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """sha256 over the annotation files and the image names + sizes (what the heads were trained on)."""
+    h = hashlib.sha256()
+    for name in ("train_dataset.csv", "ExpertAnnotations.tsv", "CrowdAnnotations.tsv", "extra_captions.tsv"):
+        p = Path(data_dir) / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    folder = Path(data_dir) / "train_images"
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        h.update(f"{p.name}:{p.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def _child_flags(texts: Sequence[str]) -> np.ndarray:
+    from retrieval.policy.lexicon import mentions_child
+
+    return np.asarray(mentions_child(list(texts)), bool)
+
+
+def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text_child: np.ndarray,
+                   restricted: np.ndarray, rule: bool, cfg: HeadConfig, seed: int,
+                   progress: Progress | None = None) -> tuple[dict[str, Any], np.ndarray, Rows, np.ndarray, np.ndarray]:
+    """Returns (metrics, OOF features, rows, OOF keys per blend (n_blend, n_rows), fold id per row)."""
+    folds = image_folds(cp.n_images, min(cfg.n_folds, cp.n_images), seed)
+    rng = np.random.default_rng(seed)
+    fold_data, feats, rows_list, fold_of = [], [], [], []
+    for f, (tr, va) in enumerate(folds):
+        img_ok, txt_ok = train_mask_for(ev, tr)
+        if rule:
+            img_ok, txt_ok = img_ok & ~restricted, txt_ok & ~text_child
+        proj = fit_projection(emb.image_feats, emb.text_feats, _caption_pairs(cp, img_ok, txt_ok), cfg, seed)
+        qm = np.isin(ev.caption_img, va)
+        col = np.full(cp.n_images, -1)
+        col[va] = np.arange(len(va))
+        zi = proj.project_images(emb.image_feats[va])
+        zt = proj.project_texts(emb.text_feats[ev.caption_txt[qm]])
+        fold_data.append((zi, zt, col[ev.caption_img[qm]], ~text_child[ev.caption_txt[qm]]))
+        rows = reranker_rows(ev, va, rng, cfg.neg_per_pos)
+        feats.append(pair_features(proj.project_images(emb.image_feats[rows.img]), proj.project_texts(emb.text_feats[rows.txt])))
+        rows_list.append(rows)
+        fold_of.append(np.full(len(rows.img), f))
+        if progress:
+            progress(f"fold {f + 1}/{len(folds)}: projection fitted")
+    X = np.concatenate(feats)
+    rows = Rows(*(np.concatenate([getattr(r, k) for r in rows_list]) for k in ("img", "txt", "target", "kind", "gid")))
+    fold_id = np.concatenate(fold_of)
+    allowed = ~restricted[rows.img] & ~text_child[rows.txt] if rule else np.ones(len(rows.img), bool)
+    n_blend = len(cfg.blends)
+    keys = np.zeros((n_blend, len(rows.img)), np.float32)
+    per_blend: list[list[tuple[dict, dict]]] = [[] for _ in cfg.blends]
+    for f, (zi, zt, tgt, nc) in enumerate(fold_data):
+        train = (fold_id != f) & allowed
+        coef, icpt = fit_logistic(X[train], rows.target[train], c=cfg.logistic_c, seed=seed)
+        cos = zt @ zi.T
+        lg = (zt * coef[1:]) @ zi.T + coef[0] * cos + icpt
+        for j, (a, b) in enumerate(cfg.blends):
+            keys[j, fold_id == f] = a * (X[fold_id == f] @ coef + icpt) + b * X[fold_id == f, 0]
+            sim = a * lg + b * cos
+            per_blend[j].append((retrieval_metrics(sim[nc], tgt[nc]), retrieval_metrics(sim, tgt)))
+    metrics: dict[str, Any] = {"n_folds": len(folds), "rule": rule, "blends": {}}
+    for j, (a, b) in enumerate(cfg.blends):
+        prob = np.zeros(len(rows.img), np.float32)
+        for f in range(len(folds)):
+            train = (fold_id != f) & allowed
+            prob[fold_id == f] = fit_calibration(keys[j, train], rows.target[train])(keys[j, fold_id == f])
+        res = per_blend[j]
+        metrics["blends"][_blend_name(a, b)] = {
+            "retrieval_non_child": mean_metrics([r[0] for r in res]), "retrieval_all": mean_metrics([r[1] for r in res]),
+            "score": reranker_quality(ev, rows, prob, keys[j], X[:, 0], text_child, restricted, allowed),
+        }
+    return metrics, X, rows, keys, fold_id
+
+
+def _blend_name(a: float, b: float) -> str:
+    return f"{a:g}*logit+{b:g}*cos"
+
+
+def choose_blend(metrics: dict[str, Any], blends: Sequence[tuple[float, float]]) -> int:
+    """Best score quality (expert tau-c + crowd tau-b) among blends whose non-child R@1/5/10 are not below the
+    plain-cosine ranking's (the reranker must not lower recall); plain cosine if none qualifies."""
+    names = [_blend_name(a, b) for a, b in blends]
+    base = metrics["blends"][_blend_name(0.0, 1.0)]["retrieval_non_child"]
+    best, best_q = names.index(_blend_name(0.0, 1.0)), -np.inf
+    for j, name in enumerate(names):
+        m = metrics["blends"][name]
+        if all(m["retrieval_non_child"][k] >= base[k] - 1e-9 for k in ("R@1", "R@5", "R@10")):
+            q = m["score"]["expert_tau_c"] + m["score"]["crowd_tau_b"]
+            if np.isfinite(q) and q > best_q:
+                best, best_q = j, q
+    return best
+
+
+def train_model(
+    data_dir: Path | str, out_dir: Path | str, extra_captions: bool = True, seed: int = 0, keep_restricted: bool = False,
+    image_encoder: str = DEFAULT_IMAGE_ENCODER, text_encoder: str = DEFAULT_TEXT_ENCODER,
+    views: Sequence[str] = DEFAULT_VIEWS, progress: Progress | None = None, cfg: HeadConfig = HeadConfig(),
+    is_restricted_image: np.ndarray | None = None, validate: bool = True,
+) -> dict[str, Any]:
+    """K-fold validation, then final heads on all allowed images; writes the model folder atomically."""
+    say = progress or (lambda _m: None)
+    t0 = time.time()
+    data_dir = Path(data_dir)
+    say(f"embedding course data with {image_encoder} {list(views)} / {text_encoder} (cached after the first run)")
+    emb = course_embeddings(data_dir, image_encoder, text_encoder, tuple(views),
+                            progress=lambda s, d, n: say(f"  {s}: {d}/{n}") if d == n else None)
+    cp = course_pairs(data_dir, emb, extra_captions=extra_captions)
+    ev = course_pairs(data_dir, emb, extra_captions=True)
+    text_child = _child_flags(emb.texts)
+    restricted = restricted_images(ev, text_child)
+    if is_restricted_image is not None:
+        restricted = restricted | np.asarray(is_restricted_image, bool)
+    rule = not keep_restricted
+    say(f"{len(emb.image_names)} images ({int(restricted.sum())} restricted), {len(emb.texts)} texts "
+        f"({int(text_child.sum())} mention children); training rule {'ON' if rule else 'OFF'}")
+    metrics, X, rows, keys, fold_id = cross_validate(emb, cp, ev, text_child, restricted, rule, cfg, seed, say)
+    allowed = ~restricted[rows.img] & ~text_child[rows.txt] if rule else np.ones(len(rows.img), bool)
+    j = choose_blend(metrics, cfg.blends)
+    a, b = cfg.blends[j]
+    metrics["chosen"] = _blend_name(a, b)
+    metrics["validation"] = metrics["blends"][metrics["chosen"]]
+    metrics["validation_cosine"] = metrics["blends"][_blend_name(0.0, 1.0)]
+    img_ok = ~restricted if rule else np.ones(cp.n_images, bool)
+    txt_ok = ~text_child if rule else np.ones(cp.n_texts, bool)
+    pairs = _caption_pairs(cp, img_ok, txt_ok)
+    say(f"final heads on {len(np.unique(pairs.img))} images / {len(pairs.img)} pairs")
+    proj = fit_projection(emb.image_feats, emb.text_feats, pairs, cfg, seed)
+    coef, icpt = fit_logistic(X[allowed], rows.target[allowed], c=cfg.logistic_c, seed=seed)
+    coef = (a * coef).astype(np.float32)
+    coef[0] += b
+    reranker = Reranker(coef, a * icpt, fit_calibration(keys[j, allowed], rows.target[allowed]))
+    image_probe, text_probe = _probes(emb, ev, text_child, seed, say)
+    from retrieval.encoders import build_image_encoder, build_text_encoder
+
+    ienc = build_image_encoder(image_encoder, views=tuple(views))
+    tenc = build_text_encoder(text_encoder)
+    config = ModelConfig(
+        image_encoder=image_encoder, image_encoder_checksum=ienc.checksum(), image_views=tuple(views),
+        text_encoder=text_encoder, text_encoder_checksum=tenc.checksum(), image_dim=int(emb.image_feats.shape[1]),
+        text_dim=int(emb.text_feats.shape[1]), dim=proj.dim, method="cca" + ("+infonce" if cfg.contrastive_epochs else ""),
+        seed=seed,
+        child_image_threshold=float(image_probe.threshold) if image_probe is not None else 0.5,
+        child_text_threshold=float(text_probe.threshold) if text_probe is not None else 0.5,
+        training={"data_fingerprint": data_fingerprint(data_dir), "extra_captions": extra_captions,
+                  "keep_restricted": keep_restricted, "n_images": int(len(np.unique(pairs.img))),
+                  "n_pairs": int(len(pairs.img)), "n_reranker_rows": int(allowed.sum()),
+                  "heads": {k: v for k, v in vars(cfg).items()}},
+        validation=metrics, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    model = RetrievalModel(config, proj, reranker, image_probe, text_probe)
+    model.save(out_dir)
+    metrics["model_id"] = model.config.model_id
+    metrics["seconds"] = round(time.time() - t0, 1)
+    say(f"saved {out_dir} (model_id {model.config.model_id[:12]})")
+    return metrics
+
+
+def _probes(emb: CourseEmbeddings, ev: CoursePairs, text_child: np.ndarray, seed: int, say: Progress) -> tuple[Any, Any]:
+    """Child probes from the POLICY module (image label: any own caption mentions a child)."""
+    try:
+        from retrieval.policy.classifiers import train_image_probe, train_text_probe
+    except ImportError:
+        return None, None
+    labels = restricted_images(ev, text_child)
+    n_splits = int(min(5, labels.sum(), (~labels).sum()))
+    if n_splits < 2:
+        say("too few restricted / unrestricted images for child probes; skipped")
+        return None, None
+    image_probe, m = train_image_probe(emb.image_feats, labels, groups=np.arange(len(labels)), n_splits=n_splits, seed=seed)
+    say(f"child image probe: {', '.join(f'{k} {v:.3f}' for k, v in m.items() if isinstance(v, float))}")
+    owner = ev.text_owner
+    groups = np.where(owner >= 0, owner, -1 - np.arange(len(owner)))
+    text_probe = train_text_probe(emb.text_feats, text_child, groups=groups, n_splits=n_splits, seed=seed)
+    return image_probe, text_probe

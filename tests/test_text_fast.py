@@ -1,0 +1,110 @@
+"""The numpy text backend must reproduce the transformers reference (same token ids, cosine >= 0.999)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from retrieval.encoders import text_fast
+
+
+def test_gelu_matches_erf_definition() -> None:
+    x = np.linspace(-8, 8, 2001, dtype=np.float32)
+    ref = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    assert np.max(np.abs(text_fast._gelu(x) - ref)) < 2e-6
+
+
+def test_relative_position_bucket_matches_reference_formula() -> None:
+    rel = np.arange(-300, 301)[None, :]
+    got = text_fast.relative_position_bucket(rel)[0]
+
+    def ref(r: int, num_buckets: int = 32, max_distance: int = 128) -> int:  # transformers' formula, scalar form
+        n, half = -r, num_buckets // 2
+        ret = half if n < 0 else 0
+        n, max_exact = abs(n), half // 2
+        if n < max_exact:
+            return ret + n
+        large = max_exact + int(math.log(n / max_exact) / math.log(max_distance / max_exact) * (half - max_exact))
+        return ret + min(large, half - 1)
+
+    assert got.tolist() == [ref(int(r)) for r in rel[0]]
+
+
+def test_read_safetensors_round_trip(tmp_path) -> None:
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {"a.weight": rng.standard_normal((3, 5)).astype(np.float32), "ids": np.arange(7, dtype=np.int64)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    back = text_fast.read_safetensors(tmp_path / "m.safetensors")
+    assert set(back) == set(tensors)
+    for key, value in tensors.items():
+        np.testing.assert_array_equal(back[key], value)
+
+
+@pytest.mark.parametrize("arch", ["bert", "mpnet"])
+def test_numpy_forward_matches_transformers_on_tiny_random_model(tmp_path, arch: str) -> None:
+    """Architecture check without real weights: a seeded tiny BERT/MPNet, padded batch, hidden states compared."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    common = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                  max_position_embeddings=64)
+    if arch == "bert":
+        model = transformers.BertModel(transformers.BertConfig(**common))
+    else:
+        model = transformers.MPNetModel(transformers.MPNetConfig(**common))
+    model.eval().save_pretrained(tmp_path)
+    ours = text_fast.NumpyTransformer.from_folder(tmp_path)
+    pad = ours.pad_id
+    ids = np.array([[5, 17, 42, 8, 3, 9, 11], [5, 60, 7, pad, pad, pad, pad]], np.int64)
+    mask = (np.arange(7)[None, :] < np.array([[7], [3]])).astype(np.int64)
+    with torch.inference_mode():
+        ref = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+    got = ours(ids, mask)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], ref[real], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(text_fast.mean_pool(got, mask), text_fast.mean_pool(ref, mask), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------- real models (slow)
+@pytest.fixture(scope="module")
+def course_texts() -> list[str]:
+    from retrieval.config import course_data_dir
+
+    data = course_data_dir()
+    if not (data / "train_dataset.csv").is_file():
+        pytest.skip(f"course data not found at {data} (set $RETRIEVAL_COURSE_DATA)")
+    from retrieval.features import course_texts as load_texts
+
+    texts = sorted(load_texts(data))
+    rng = np.random.default_rng(0)
+    picked = [texts[i] for i in rng.choice(len(texts), 100, replace=False)]
+    # Edge cases: one word, punctuation, non-ASCII, a text longer than 128 tokens (truncation must match).
+    return picked + ["dog", "A dog ... running!!", "Ein Hund läuft über die Wiese – café", " ".join(texts[:40])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["all-MiniLM-L6-v2", "all-mpnet-base-v2"])
+def test_numpy_backend_matches_transformers_on_course_texts(name: str, course_texts: list[str]) -> None:
+    from retrieval.encoders import text
+
+    try:
+        folder = text.minilm_path() if name == "all-MiniLM-L6-v2" else text.mpnet_path()
+    except Exception as exc:  # the weights packages are optional for the fast suite
+        pytest.skip(f"{name} weights not installed: {exc}")
+    ref = text.load(name, folder, 128, backend="transformers")
+    fast = text.load(name, folder, 128, backend="numpy")
+    assert isinstance(fast, text.FastTextEncoder) and isinstance(ref, text.HFTextEncoder)
+    assert fast.dim == ref.dim and fast.checksum() == ref.checksum()
+
+    for t in course_texts[-4:] + course_texts[:20]:
+        assert fast.n_tokens(t) == ref.n_tokens(t)
+        ids_ref = ref.tokenizer(t, truncation=True, max_length=128)["input_ids"]
+        assert fast.tokenizer.encode(t).ids == ids_ref
+    a, b = ref.encode(course_texts), fast.encode(course_texts)
+    cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.999, f"worst cosine {cos.min():.6f} for {course_texts[int(cos.argmin())]!r}"
+    # A single query (the one-thread path) gives the same vector as the batched path.
+    np.testing.assert_allclose(fast.encode(course_texts[:1])[0], b[0], atol=1e-4)

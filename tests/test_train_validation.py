@@ -1,0 +1,44 @@
+"""Validation protocol: grouped folds never share an image; held-out texts leave training; the child rule."""
+from __future__ import annotations
+
+import numpy as np
+
+from retrieval.validation import CoursePairs, image_folds, restricted_images, retrieval_metrics, train_mask_for
+
+
+def _pairs() -> CoursePairs:
+    # 6 images x 2 captions; text 12 is a train_dataset query written for image 3
+    img = np.repeat(np.arange(6), 2)
+    txt = np.arange(12)
+    owner = np.concatenate([img, [3]])
+    return CoursePairs(n_images=6, n_texts=13, caption_img=img, caption_txt=txt, caption_qid=[f"{i}#{k}" for i, k in zip(img, txt % 2)], text_owner=owner)
+
+
+def test_image_folds_partition_images_without_overlap():
+    folds = image_folds(1000, 10, seed=3)
+    held = np.concatenate([va for _, va in folds])
+    assert sorted(held) == list(range(1000))
+    for tr, va in folds:
+        assert len(va) == 100 and not set(tr) & set(va) and len(tr) + len(va) == 1000
+
+
+def test_held_out_images_and_their_texts_leave_training():
+    p = _pairs()
+    img_ok, txt_ok = train_mask_for(p, np.array([0, 1, 2, 4, 5]))
+    assert not img_ok[3] and img_ok[[0, 1, 2, 4, 5]].all()
+    assert not txt_ok[[6, 7, 12]].any() and txt_ok[[0, 1, 8, 9]].all()
+
+
+def test_an_image_is_restricted_when_any_owned_text_mentions_a_child():
+    p = _pairs()
+    child = np.zeros(13, bool)
+    child[12] = True  # only the train_dataset query owned by image 3
+    child[1] = True   # second caption of image 0
+    assert restricted_images(p, child).tolist() == [True, False, False, True, False, False]
+
+
+def test_retrieval_metrics_ranks():
+    sim = np.array([[0.9, 0.1, 0.0], [0.5, 0.4, 0.6], [0.2, 0.3, 0.1]])
+    m = retrieval_metrics(sim, np.array([0, 1, 2]))
+    assert abs(m["R@1"] - 100 / 3) < 1e-9 and m["medR"] == 3.0
+    assert abs(m["MRR"] - (1 + 1 / 3 + 1 / 3) / 3) < 1e-9
