@@ -69,7 +69,7 @@ def build_index_cmd(images_dir: Path, index_dir: Path, model_dir: Path | None, w
     for rel_path, reason in report.failures:
         click.echo(f"skipped {rel_path}: {reason}", err=True)
     click.echo(f"{index_dir}: added {report.added}, updated {report.updated}, removed {report.removed}, "
-               f"skipped {report.skipped}; {report.count} images indexed")
+               f"unchanged {report.skipped}, skipped {len(report.failures)} unreadable; {report.count} images indexed")
 
 
 @cli.command("query")
