@@ -52,11 +52,12 @@ def spherical_kmeans(z: np.ndarray, k: int, seed: int = 0, iters: int = 25) -> n
     return np.argmax(z @ c.T, axis=1)
 
 
-def fit_mixture(z: np.ndarray, k: int = 32, shrink: float = 64.0, seed: int = 0) -> dict[str, np.ndarray]:
+def fit_mixture(z: np.ndarray, k: int = 64, shrink: float = 16.0, seed: int = 0) -> dict[str, np.ndarray]:
     """Gaussian mixture of the real projected vectors: weights, means, Cholesky factors of the covariances.
 
     Each cluster covariance S_c (n_c members) is shrunk as (n_c S_c + shrink S_global) / (n_c + shrink): a
-    30-point cluster cannot estimate a 256-d covariance alone.
+    15-point cluster cannot estimate a 256-d covariance alone. k=64, shrink=16 make the median cosine of a
+    sample to its nearest real vector match real-to-real nearest neighbours (0.62 vs 0.63 on the course data).
     """
     z = np.asarray(z, np.float64)
     labels = spherical_kmeans(z.astype(np.float32), k, seed)
@@ -210,6 +211,7 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
     rss0, _ = rss_bytes()
     t = time.perf_counter()
     store = IndexStore.load(index_dir, expect=identity)
+    rss_store, _ = rss_bytes()
     text_encoder = build_text_encoder(model.config.text_encoder)
     retriever = Retriever(text_encoder, model, store)
     out["load_s"] = time.perf_counter() - t
@@ -261,8 +263,9 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
     files = folder_bytes(index_dir)
     out["memory"] = {
         "rss_after_queries_mb": rss1 / 2**20, "rss_peak_mb": peak / 2**20,
-        "rss_added_by_loaded_index_mb": (rss1 - rss0) / 2**20,
-        "bytes_per_image_ram": (rss1 - rss0) / n, "bytes_per_image_disk": sum(files.values()) / n,
+        "rss_added_by_index_load_mb": (rss_store - rss0) / 2**20,
+        "rss_added_by_encoder_and_queries_mb": (rss1 - rss_store) / 2**20,
+        "bytes_per_image_ram": (rss_store - rss0) / n, "bytes_per_image_disk": sum(files.values()) / n,
         "faiss_bytes_per_image": files.get("index.faiss", 0) / n, "files_bytes": files,
     }
     return out

@@ -9,7 +9,7 @@ from retrieval.policy.lexicon import child_terms, is_child_text, mentions_child
 CHILD = [
     "a girl's bike", "KIDS", "Childrens", "teenagers", "the children’s choir", "boys' team", "a Child.",
     "a baby in a stroller", "two babies", "an infant sleeping", "a newborn", "two toddlers", "tots playing",
-    "a kiddo", "a schoolgirl in uniform", "schoolboys", "a teen", "an adolescent", "youngsters", "youth soccer",
+    "a kiddo", "a kiddie pool with two kids", "a schoolgirl in uniform", "schoolboys", "a teen", "an adolescent", "youngsters", "youth soccer",
     "a juvenile", "my son", "her daughter's dog", "preschoolers", "kindergarten class", "kindergarteners",
     "a first grader", "3rd-grade class", "little league game", "young boy", "a minor in the park",
     "minors drinking", "a babysitter", "a baby-sitter", "little ones splashing",
@@ -22,7 +22,7 @@ NOT_CHILD = [
     "Jackson", "person", "season", "between", "a cowboy on a horse", "a man riding a bike",
     "a 40 year old man", "twenty-five-year-old", "a 16-year-old", "sixteen year old", "a 100 year old building",
     "1,000 year old tree", "a dog under two trees", "a minor injury", "minor league baseball", "baby blue shirt",
-    "tater tots", "a young man skateboarding", "two dogs in the snow", "",
+    "tater tots", "a dog in a kiddie pool", "a young man skateboarding", "two dogs in the snow", "",
 ]
 
 

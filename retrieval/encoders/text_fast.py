@@ -163,19 +163,19 @@ def mean_pool(hidden: FloatArray, mask: np.ndarray) -> FloatArray:
     return ((hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)).astype(np.float32)
 
 
-def load_tokenizer(folder: Path, max_tokens: int) -> tuple[Any, Any]:
-    """(truncating+padding tokenizer for encoding, non-truncating twin for counting) from tokenizer.json."""
+def load_tokenizer(folder: Path, max_tokens: int | None) -> Any:
+    """Tokenizer from tokenizer.json: truncating to `max_tokens` and right-padding (None: neither, for counting)."""
     from tokenizers import Tokenizer
 
-    path = folder / "tokenizer.json"
-    enc = Tokenizer.from_file(str(path))
-    enc.enable_truncation(max_length=max_tokens)
-    pad_id, pad_token = _pad_token(folder, enc)
-    enc.enable_padding(pad_id=pad_id, pad_token=pad_token, direction="right")
-    count = Tokenizer.from_file(str(path))
-    count.no_truncation()
-    count.no_padding()
-    return enc, count
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    if max_tokens is None:
+        tok.no_truncation()
+        tok.no_padding()
+        return tok
+    tok.enable_truncation(max_length=max_tokens)
+    pad_id, pad_token = _pad_token(folder, tok)
+    tok.enable_padding(pad_id=pad_id, pad_token=pad_token, direction="right")
+    return tok
 
 
 def _pad_token(folder: Path, tok: Any) -> tuple[int, str]:

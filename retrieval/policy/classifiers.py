@@ -204,7 +204,7 @@ def _fit(X: FloatArray, y: BoolArray, kind: str, C: float, hidden: int, alpha: f
 
 
 def out_of_fold(
-    X: FloatArray, y: BoolArray, groups: Sequence[Any], kind: str = "lr", C: float = 0.05, hidden: int = 128,
+    X: FloatArray, y: BoolArray, groups: Sequence[Any], kind: str = "lr", C: float = 0.001, hidden: int = 128,
     alpha: float = 1e-2, n_splits: int = 5, seed: int = 0,
 ) -> FloatArray:
     """Out-of-fold probabilities from a grouped, stratified K-fold (no group spans train and validation)."""
@@ -237,7 +237,7 @@ def train_text_probe(
 
 
 def train_image_probe(
-    image_feats: npt.ArrayLike, labels: npt.ArrayLike, groups: Sequence[Any], kind: str = "lr", C: float = 0.05,
+    image_feats: npt.ArrayLike, labels: npt.ArrayLike, groups: Sequence[Any], kind: str = "lr", C: float = 0.001,
     target_recall: float = 0.97, hidden: int = 128, alpha: float = 1e-2, n_splits: int = 5, seed: int = 0,
 ) -> tuple[LinearProbe, dict[str, float]]:
     """Image probe + its grouped cross-validated metrics.

@@ -9,8 +9,8 @@ queries outright. Choices (each is a deliberate trade-off; the law favours recal
 * "girl"/"boy" count as children even though Flickr captions sometimes call young women "girls": a false block
   costs one image, a miss breaks the law.
 * "babysitter"/"babysitting" DO count: the word implies a child in care in the picture.
-* "baby" in fixed adult phrases (baby blue/pink, baby grand, baby carrots/back ribs/spinach/powder) and "tater
-  tots" do not count.
+* "baby" in fixed adult phrases (baby blue/pink, baby grand, baby carrots/back ribs/spinach/powder), objects
+  named after children ("a dog in a kiddie pool", "baby pool") and "tater tots" do not count.
 * "minor" is ambiguous ("minor injury", "minor league"): only "minors", "underage" and "a/the minor" used as a
   noun (followed by punctuation, end of text, or a verb/preposition) count.
 * Ages: "a 5 year old", "ten-year-old", "5-years-old", "18-month-old", "aged 12", "age 7", "7yo", "under-12s"
@@ -61,7 +61,7 @@ _WORDS = re.compile(
 # Fixed phrases where a lexicon word does not describe a child.
 _NOT_CHILD = re.compile(
     r"\bbaby[- ](?:blue|pink|grand|carrots?|back|spinach|powder|shower[- ]curtain|boomers?|bok)\b"
-    r"|\btater[- ]tots?\b|\boh[, ]+boy\b|\bkid[- ]gloves?\b",
+    r"|\b(?:kiddie|kiddy|baby)[- ]pools?\b|\btater[- ]tots?\b|\boh[, ]+boy\b|\bkid[- ]gloves?\b",
     re.IGNORECASE,
 )
 

@@ -87,7 +87,7 @@ def plot_child_pr(
     curves: Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]],
     path: Path,
     operating_points: Mapping[str, float] | None = None,
-    title: str = "Child detection: precision-recall (out-of-fold)",
+    title: str = "Child detection: precision-recall",
 ) -> Path:
     """Save a precision-recall PNG: one curve per name -> (y_true, scores); a dot at each operating threshold.
 

@@ -1,0 +1,102 @@
+"""Fit and measure the child probes on the course data (features from `retrieval.features.course_embeddings`).
+
+The ML helper calls `fit_policy_probes(emb, captions)` while building the model folder and stores
+`probes.text.to_tensors("child_text.")` / `probes.image.to_tensors("child_image.")` in its safetensors;
+`evaluate_policy` reproduces the numbers quoted in the report (`retrieve policy-eval`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from retrieval.policy.classifiers import (
+    LinearProbe, image_child_labels, out_of_fold, text_child_labels, threshold_for_recall, train_image_probe,
+    train_text_probe,
+)
+from retrieval.policy.metrics import load_policy_queries, plot_child_pr, policy_metrics, query_policy_metrics
+
+__all__ = ["PolicyProbes", "course_captions", "fit_policy_probes", "evaluate_policy",
+           "IMAGE_C", "TEXT_C", "TARGET_RECALL", "TEXT_MAX_FPR"]
+
+#: Defaults chosen by grouped CV on the course images / captions (see the policy report).
+IMAGE_C = 0.001
+TEXT_C = 0.5
+#: Image threshold = largest one with out-of-fold recall >= this (the law favours recall).
+TARGET_RECALL = 0.97
+#: Text threshold = smallest one whose out-of-fold false-positive rate on lexicon-negative captions is <= this.
+TEXT_MAX_FPR = 0.02
+
+
+@dataclass(frozen=True)
+class PolicyProbes:
+    text: LinearProbe
+    image: LinearProbe
+    image_metrics: dict[str, float]
+
+
+def course_captions(data_dir: Path) -> list[tuple[str, str]]:
+    """(query_id, text) for every train_dataset query text and extra caption, duplicates removed."""
+    from retrieval.features import read_extra_captions, read_train_queries
+
+    pairs = [(q, t) for _, q, t in read_train_queries(Path(data_dir))] + read_extra_captions(Path(data_dir))
+    return list(dict.fromkeys(pairs))
+
+
+def fit_policy_probes(
+    emb: Any, captions: Sequence[tuple[str, str]], image_C: float = IMAGE_C, text_C: float = TEXT_C,
+    target_recall: float = TARGET_RECALL, text_max_fpr: float = TEXT_MAX_FPR, seed: int = 0,
+) -> PolicyProbes:
+    """Train both probes from a CourseEmbeddings (`image_names`, `image_feats`, `texts`, `text_feats`).
+
+    Image labels: positive when any caption of the image mentions a child; CV groups = images.
+    Text labels: the lexicon on each unique caption.
+    """
+    y_img = image_child_labels(emb.image_names, captions)
+    image, metrics = train_image_probe(emb.image_feats, y_img, groups=np.asarray(emb.image_names), C=image_C,
+                                       target_recall=target_recall, seed=seed)
+    text = train_text_probe(emb.text_feats, text_child_labels(emb.texts), C=text_C, max_fpr=text_max_fpr,
+                            seed=seed)
+    return PolicyProbes(text, image, metrics)
+
+
+def evaluate_policy(
+    data_dir: Path, image_encoder: str = "efficientnet-lite0", text_encoder: str = "all-mpnet-base-v2",
+    views: Sequence[str] = ("center",), queries: Path | None = None, plot: Path | None = None,
+    image_C: float = IMAGE_C, text_C: float = TEXT_C, target_recall: float = TARGET_RECALL,
+    text_max_fpr: float = TEXT_MAX_FPR,
+) -> dict[str, Any]:
+    """Measure the policy: image probe on grouped out-of-fold predictions; lexicon / text probe / both on the
+    held-out query file (`text<TAB>child|adult`). Optionally saves the precision-recall PNG to `plot`."""
+    from retrieval.encoders import build_text_encoder
+    from retrieval.features import course_embeddings
+
+    emb = course_embeddings(data_dir, image_encoder, text_encoder, tuple(views))
+    captions = course_captions(data_dir)
+    y_img = image_child_labels(emb.image_names, captions)
+    oof = out_of_fold(emb.image_feats, y_img, np.asarray(emb.image_names), "lr", image_C)
+    t_img = threshold_for_recall(y_img, oof, target_recall)
+    out: dict[str, Any] = {
+        "image_encoder": image_encoder, "text_encoder": text_encoder, "views": list(views),
+        "image_probe": policy_metrics(y_img, oof, t_img),
+        "image_probe_at_recall_0.95": policy_metrics(y_img, oof, threshold_for_recall(y_img, oof, 0.95)),
+    }
+    curves = {f"image probe ({image_encoder}, LR)": (y_img, oof)}
+    points = {f"image probe ({image_encoder}, LR)": t_img}
+    if queries is not None:
+        texts, y_q = load_policy_queries(queries)
+        text_probe = train_text_probe(emb.text_feats, text_child_labels(emb.texts), C=text_C, max_fpr=text_max_fpr)
+        probs = text_probe.predict_proba(build_text_encoder(text_encoder).encode(texts))
+        out["queries"] = query_policy_metrics(texts, y_q, probs, text_probe.threshold)
+        out["text_threshold"] = text_probe.threshold
+        out["missed_child_queries"] = [t for t, y, p in zip(texts, y_q, probs)
+                                       if y and p < text_probe.threshold and not text_child_labels([t])[0]]
+        out["blocked_adult_queries"] = [t for t, y, p in zip(texts, y_q, probs)
+                                        if not y and (p >= text_probe.threshold or text_child_labels([t])[0])]
+        curves[f"text probe ({text_encoder}) on held-out queries"] = (y_q, probs)
+        points[f"text probe ({text_encoder}) on held-out queries"] = text_probe.threshold
+    if plot is not None:
+        out["plot"] = str(plot_child_pr(curves, Path(plot), points))
+    return out

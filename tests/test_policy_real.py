@@ -1,0 +1,58 @@
+"""Policy on the held-out query file (fast: lexicon only) and on the real course data (slow: trained probes)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.config import course_data_dir
+from retrieval.policy.lexicon import mentions_child
+from retrieval.policy.metrics import load_policy_queries
+
+QUERIES = Path(__file__).parent / "fixtures" / "policy_queries.tsv"
+
+
+def test_held_out_file_is_balanced_and_lexicon_never_blocks_adults() -> None:
+    texts, y = load_policy_queries(QUERIES)
+    assert y.sum() >= 60 and (~y).sum() >= 100 and len(set(texts)) == len(texts)
+    lex = mentions_child(texts)
+    assert not lex[~y].any(), [t for t, b, c in zip(texts, lex, y) if b and not c]
+    assert lex[y].mean() >= 0.7
+
+
+@pytest.fixture(scope="module")
+def course() -> Path:
+    data = course_data_dir()
+    if not (data / "train_dataset.csv").is_file():
+        pytest.skip(f"course data not found at {data}; set RETRIEVAL_COURSE_DATA")
+    return data
+
+
+@pytest.mark.slow
+def test_text_probe_and_lexicon_on_held_out_queries(course: Path) -> None:
+    from retrieval.policy.train import evaluate_policy
+
+    out = evaluate_policy(course, "efficientnet-lite0", "all-mpnet-base-v2", queries=QUERIES)
+    combined = out["queries"]["combined"]
+    assert combined["child_blocked"] >= 0.97  # measured 0.9875 (79/80)
+    assert combined["adult_blocked"] <= 0.03  # measured 0.025 (3/121)
+    assert combined["child_blocked"] > out["queries"]["lexicon"]["child_blocked"]
+    img = out["image_probe"]
+    assert img["recall"] >= 0.97 and img["auc"] >= 0.85  # measured AUC 0.875
+
+
+@pytest.mark.slow
+def test_fit_policy_probes_round_trips_through_tensors(course: Path) -> None:
+    from retrieval.features import course_embeddings
+    from retrieval.policy.classifiers import LinearProbe
+    from retrieval.policy.train import course_captions, fit_policy_probes
+
+    emb = course_embeddings(course, "efficientnet-lite0", "all-mpnet-base-v2")
+    probes = fit_policy_probes(emb, course_captions(course))
+    for probe, X in ((probes.image, emb.image_feats[:50]), (probes.text, emb.text_feats[:50])):
+        back = LinearProbe.from_tensors(probe.to_tensors("x."), "x.")
+        np.testing.assert_allclose(back.predict_proba(X), probe.predict_proba(X), rtol=1e-5)
+    # the text probe agrees with the lexicon it was trained on for most captions
+    agree = (probes.text.predict_proba(emb.text_feats) >= probes.text.threshold) == mentions_child(emb.texts)
+    assert agree.mean() > 0.9
