@@ -205,6 +205,7 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
         del index, meta
         gc.collect()
     out["reused_index"] = reused
+    out["index_dir"] = str(index_dir)
     out["synthetic_check"] = synthetic_check(z_real, x[len(names):], q_z) if n > len(names) else {}
 
     # --- load through the public path, measure memory of the loaded index --------------------------------

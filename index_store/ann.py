@@ -72,6 +72,30 @@ def apply_search_params(index: Any, params: dict[str, Any]) -> Any:
     return index
 
 
+#: Query batches up to this size are searched on one OpenMP thread (see `search`).
+SINGLE_THREAD_MAX_QUERIES = 8
+
+
+def search(index: Any, queries: FloatArray, k: int) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """`index.search`, on one OpenMP thread for small batches.
+
+    One query is a few hundred microseconds of work: waking a second OpenMP thread costs more than it saves, and
+    on a busy 2-core machine the spinning thread waits for a core (measured with benchmarks/bench_query.py: flat
+    10k x 256, 0.45 ms on 1 thread vs 40 ms on 2 under load). Large batches keep all threads. The thread count is
+    process-wide, so it is restored afterwards.
+    """
+    import faiss
+
+    if len(queries) > SINGLE_THREAD_MAX_QUERIES:
+        return index.search(queries, k)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(queries, k)
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def recall_at_k(ann: Any, exact: Any, queries: FloatArray, k: int = 10) -> float:
     """Mean |ANN top-k ∩ exact top-k| / k over the queries."""
     q = np.ascontiguousarray(queries, dtype=np.float32)

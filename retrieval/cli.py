@@ -44,11 +44,13 @@ def cli() -> None:
               help="Folder in the course layout (train_dataset.csv, annotations, train_images/).")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output folder for index.html and the PNG plots (replaced atomically).")
-def report_cmd(data_dir: Path, out_dir: Path) -> None:
+@click.option("--policy/--no-policy", "policy", default=True, show_default=True,
+              help="Add the child-content probe section (precision-recall plot); needs the encoders.")
+def report_cmd(data_dir: Path, out_dir: Path, policy: bool) -> None:
     """Write an EDA report of the course data; prints the path of index.html."""
     from retrieval.report import write_report
 
-    click.echo(str(write_report(data_dir, out_dir)))
+    click.echo(str(write_report(data_dir, out_dir, policy=policy)))
 
 @cli.command("build-index")
 @click.argument("images_dir", type=click.Path(path_type=Path))

@@ -170,8 +170,32 @@ th,td{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}img{{max-width:1
 """
 
 
-def write_report(data_dir: Path, out_dir: Path) -> Path:
-    """Write out_dir/index.html (+ PNGs) describing the course data in `data_dir`; returns the html path."""
+def _policy_section(data_dir: Path, folder: Path) -> tuple[_Plot, dict[str, str]]:
+    """Child-image probe precision-recall (image-grouped out-of-fold) + query blocking on the held-out phrasings.
+
+    Uses the shipped default model's encoders; features come from the embedding cache after `retrieve train`."""
+    from retrieval.build import load_model
+    from retrieval.config import REPO_ROOT
+    from retrieval.policy.train import evaluate_policy
+
+    cfg = load_model().config
+    queries = REPO_ROOT / "tests" / "fixtures" / "policy_queries.tsv"
+    res = evaluate_policy(data_dir, cfg.image_encoder, cfg.text_encoder, cfg.image_views,
+                          queries=queries if queries.is_file() else None, plot=folder / "child_pr.png")
+    img = res["image_probe"]
+    nums = {f"child image probe ({cfg.image_encoder}) AUC": f"{img.get('auc', float('nan')):.3f}",
+            "child image probe recall / precision at threshold": f"{img.get('recall', float('nan')):.3f} / "
+                                                                  f"{img.get('precision', float('nan')):.3f}"}
+    for rule, m in res.get("queries", {}).items():
+        nums[f"held-out queries blocked by {rule}: child / adult"] = f"{m['child_blocked']:.1%} / {m['adult_blocked']:.1%}"
+    return _Plot("child_pr.png", "Child-content policy",
+                 "Image probe precision-recall on image-grouped out-of-fold predictions; dot = operating threshold."), nums
+
+
+def write_report(data_dir: Path, out_dir: Path, policy: bool = False) -> Path:
+    """Write out_dir/index.html (+ PNGs) describing the course data in `data_dir`; returns the html path.
+
+    `policy=True` adds the child-content probe section (needs the real encoders; cached features make it fast)."""
     course = load_course(data_dir)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -202,6 +226,10 @@ def write_report(data_dir: Path, out_dir: Path) -> Path:
         plot, nums = _child_plot(course, tmp)
         plots.append(plot)
         numbers.update(nums)
+        if policy:
+            plot, nums = _policy_section(Path(data_dir), tmp)
+            plots.append(plot)
+            numbers.update(nums)
         if course.test_queries is not None:
             numbers["test queries / test images"] = (
                 f"{len(course.test_queries):,} / {len(course.test_image_names):,}")

@@ -61,7 +61,7 @@ def test_failed_report_keeps_previous_and_leaves_no_temp(tmp_path: Path) -> None
 
 
 def test_cli_report_prints_index_path(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["report", "--data", str(FIXTURE), "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(cli, ["report", "--data", str(FIXTURE), "--out", str(tmp_path / "r"), "--no-policy"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(tmp_path / "r" / "index.html")
     bad = CliRunner().invoke(cli, ["report", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
@@ -73,6 +73,7 @@ def test_report_renders_real_data(tmp_path: Path) -> None:
     root = course_data_dir()
     if not (root / "ExpertAnnotations.tsv").is_file():
         pytest.skip(f"course data not found at {root} (set RETRIEVAL_COURSE_DATA to the course-train folder)")
-    page = _check_report(write_report(root, tmp_path / "report"))
+    page = _check_report(write_report(root, tmp_path / "report", policy=True))
+    assert (tmp_path / "report" / "child_pr.png").stat().st_size > 0 and "child image probe" in page
     assert "<th>expert pairs</th><td>5,822</td>" in page
     assert "<th>pairs rated by experts and crowd</th><td>2,329</td>" in page
