@@ -55,13 +55,13 @@ def _f(value: Any, fmt: str = ".1f") -> str:
 
 
 def query_table(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["| N | index | build s | e2e p50 ms | e2e p99 ms | encode | project | ANN | rerank+meta | "
+    out = ["| N | index | build s | e2e p50 ms | e2e p99 ms | CPU p50 ms | encode | project | ANN | rerank+meta | "
            "ANN p50 ms | exact p50 ms | ANN speed-up | recall@10 | cand. recall@10 | B/image disk | RAM MB (index) |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         s, m = r.get("stages_p50_ms", {}), r.get("memory", {})
         out.append(
-            f"| {r['n']:,} | {r['index_type']} | {_f(r.get('build_s'))} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} | "
+            f"| {r['n']:,} | {r['index_type']} | {_f(r.get('build_s'))} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} | {_f(r.get('cpu_p50_ms'))} | "
             f"{_f(s.get('encode_ms'))} | {_f(s.get('project_ms'), '.2f')} | {_f(s.get('ann_ms'), '.2f')} | "
             f"{_f(s.get('rerank_ms'), '.2f')} | {_f(r['ann_p50_ms'], '.2f')} | {_f(r['exact_p50_ms'], '.2f')} | "
             f"{_f(r['ann_speedup_vs_exact'])}x | {_f(r['recall_at_10'], '.3f')} | "
@@ -96,7 +96,8 @@ def targets(rows: list[dict[str, Any]], cold: dict[str, Any] | None) -> list[str
     if big:
         ok = lambda b: "MET" if b else "NOT MET"  # noqa: E731
         out.append(f"- e2e p50 ≤ {TARGET_P50_MS_1M:.0f} ms at N={big['n']:,}: {big['p50_ms']:.1f} ms → "
-                   f"{ok(big['p50_ms'] <= TARGET_P50_MS_1M)} (text encoding alone: "
+                   f"{ok(big['p50_ms'] <= TARGET_P50_MS_1M)}; CPU time per query {big.get('cpu_p50_ms', float('nan')):.1f} ms "
+                   f"→ {ok(big.get('cpu_p50_ms', 1e9) <= TARGET_P50_MS_1M)} on an idle core (text encoding alone: "
                    f"{big['stages_p50_ms'].get('encode_ms', float('nan')):.1f} ms)")
         out.append(f"- recall@10 ≥ {TARGET_RECALL}: {big['recall_at_10']:.3f} → {ok(big['recall_at_10'] >= TARGET_RECALL)}")
         out.append(f"- ANN ≥ {TARGET_SPEEDUP:.0f}x faster than exact flat: {big['ann_speedup_vs_exact']:.1f}x → "
@@ -116,6 +117,8 @@ def main() -> None:
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="Reuse existing bench indexes (skips the HNSW builds).")
+    ap.add_argument("--cold-runs", type=int, default=5)
+    ap.add_argument("--no-reference", action="store_true", help="Skip bench_cold's transformers-backend reference.")
     args = ap.parse_args()
     info = banner()
     model_args = ["--model", str(args.model)] if args.model else []
@@ -137,7 +140,9 @@ def main() -> None:
     cold = None
     if not args.skip_cold:
         index = ["--index", rows[0]["index_dir"]] if rows and rows[0].get("index_dir") else []
-        cold, status["bench_cold"] = _run("bench_cold.py", ["--json", *model_args, *index])
+        ref = ["--no-reference"] if args.no_reference else []
+        cold, status["bench_cold"] = _run("bench_cold.py", ["--json", "--runs", str(args.cold_runs), *model_args,
+                                                            *index, *ref])
 
     hw = info["hardware"]
     lines = ["# Benchmark summary", "",

@@ -1,6 +1,6 @@
 """Relevance head: (projected image, projected text) -> calibrated score in [0, 1] ("how well the text fits").
 
-Features of a pair in the shared space: [cosine, z_img * z_txt]. A logistic regression on soft targets
+Features of a pair in the shared space: [cosine, z_img * z_txt, optional caption-memory kNN feature]. A logistic regression on soft targets
 (expert mean grade, crowd share, own caption = 1, sampled mismatches = 0; each soft row split into a positive
 and a negative row weighted t and 1 - t) gives a logit; the key is a * logit + b * cosine (folded into `coef`,
 blend chosen on validation so ranking by it never loses recall against plain cosine); isotonic regression
@@ -16,10 +16,38 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float32]
 
 
-def pair_features(img_z: np.ndarray, txt_z: np.ndarray) -> np.ndarray:
-    """(n, d) x (n, d) L2-normalised -> (n, 1 + d): cosine and elementwise product."""
-    prod = np.asarray(img_z, np.float32) * np.asarray(txt_z, np.float32)
-    return np.concatenate([prod.sum(axis=1, keepdims=True), prod], axis=1)
+@dataclass(frozen=True)
+class CaptionMemory:
+    """Visual neighbours' captions: allowed training images (shared space) and the mean of their captions.
+
+    `pseudo_caption(img_z)` = softmax(top-k image similarities / temperature)-weighted mean caption vector of
+    the k nearest training images; the feature text . pseudo_caption ("does the query read like what people
+    wrote about similar pictures") adds graded-relevance signal the plain cosine misses.
+    """
+
+    img_z: FloatArray
+    caption_mean: FloatArray
+    k: int = 10
+    temperature: float = 0.05
+
+    def pseudo_caption(self, img_z: np.ndarray) -> FloatArray:
+        sim = np.asarray(img_z, np.float32) @ self.img_z.T
+        k = min(self.k, sim.shape[1])
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        w = np.take_along_axis(sim, top, 1) / self.temperature
+        w = np.exp(w - w.max(axis=1, keepdims=True))
+        w /= w.sum(axis=1, keepdims=True)
+        return np.einsum("nk,nkd->nd", w, self.caption_mean[top]).astype(np.float32)
+
+
+def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | None = None) -> np.ndarray:
+    """(n, d) x (n, d) L2-normalised (either may be a single broadcast row) -> [cosine, z_img * z_txt, (knn)]."""
+    img_z, txt_z = np.atleast_2d(np.asarray(img_z, np.float32)), np.atleast_2d(np.asarray(txt_z, np.float32))
+    prod = img_z * txt_z
+    parts = [prod.sum(axis=1, keepdims=True), prod]
+    if memory is not None:
+        parts.append(np.sum(memory.pseudo_caption(img_z) * txt_z, axis=1, keepdims=True))
+    return np.concatenate(parts, axis=1)
 
 
 @dataclass(frozen=True)
@@ -63,27 +91,40 @@ class Reranker:
     coef: FloatArray
     intercept: float
     calibration: Calibration
+    memory: CaptionMemory | None = None
 
     def logit(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
-        return (pair_features(img_z, txt_z) @ self.coef + self.intercept).astype(np.float32)
+        return (pair_features(img_z, txt_z, self.memory) @ self.coef + self.intercept).astype(np.float32)
 
     def score(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
         return self.calibration(self.logit(img_z, txt_z))
 
     def to_tensors(self, prefix: str = "rerank.") -> dict[str, np.ndarray]:
-        return {
+        out = {
             f"{prefix}coef": np.asarray(self.coef, np.float32),
             f"{prefix}intercept": np.asarray([self.intercept], np.float32),
             f"{prefix}calib_x": np.asarray(self.calibration.x, np.float32),
             f"{prefix}calib_y": np.asarray(self.calibration.y, np.float32),
         }
+        if self.memory is not None:
+            m = self.memory
+            out[f"{prefix}mem_img"] = np.ascontiguousarray(m.img_z, np.float32)
+            out[f"{prefix}mem_caption"] = np.ascontiguousarray(m.caption_mean, np.float32)
+            out[f"{prefix}mem_params"] = np.asarray([m.k, m.temperature], np.float32)
+        return out
 
     @classmethod
     def from_tensors(cls, t: dict[str, np.ndarray], prefix: str = "rerank.") -> "Reranker":
+        memory = None
+        if f"{prefix}mem_img" in t:
+            k, temp = (float(v) for v in np.asarray(t[f"{prefix}mem_params"]).reshape(-1)[:2])
+            memory = CaptionMemory(np.asarray(t[f"{prefix}mem_img"], np.float32),
+                                   np.asarray(t[f"{prefix}mem_caption"], np.float32), int(k), temp)
         return cls(
             coef=np.asarray(t[f"{prefix}coef"], np.float32),
             intercept=float(np.asarray(t[f"{prefix}intercept"]).reshape(-1)[0]),
             calibration=Calibration(np.asarray(t[f"{prefix}calib_x"], np.float32), np.asarray(t[f"{prefix}calib_y"], np.float32)),
+            memory=memory,
         )
 
 
@@ -121,3 +162,37 @@ def ece(prob: np.ndarray, target: np.ndarray, bins: int = 10) -> float:
 
 def brier(prob: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean((np.asarray(prob, np.float64) - np.asarray(target, np.float64)) ** 2))
+
+
+def build_memory(img_z: np.ndarray, caption_z: np.ndarray, caption_img: np.ndarray, k: int = 10,
+                 temperature: float = 0.05) -> CaptionMemory:
+    """Memory from training images (rows of img_z) and their captions (caption_img[i] = row of its image)."""
+    n = len(img_z)
+    sums = np.zeros((n, caption_z.shape[1]), np.float64)
+    np.add.at(sums, caption_img, caption_z)
+    counts = np.bincount(caption_img, minlength=n)
+    keep = counts > 0
+    return CaptionMemory(np.asarray(img_z, np.float32)[keep], (sums[keep] / counts[keep, None]).astype(np.float32), k, temperature)
+
+
+def plot_reliability(prob: np.ndarray, target: np.ndarray, path: "str | object", bins: int = 10, title: str = "") -> None:
+    """Reliability diagram (mean target per predicted-score bin, with counts) saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mp, mt, n = reliability(prob, target, bins)
+    fig, (ax, axn) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ok = n > 0
+    ax.plot(mp[ok], mt[ok], "o-", color="C0")
+    ax.set_ylabel("mean target in bin")
+    ax.set_title(title or f"reliability (ECE {ece(prob, target, bins):.3f}, Brier {brier(prob, target):.3f})")
+    axn.bar((np.arange(bins) + 0.5) / bins, n, width=1.0 / bins, color="C1")
+    axn.set_yscale("log")
+    axn.set_xlabel("predicted score")
+    axn.set_ylabel("pairs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

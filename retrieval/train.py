@@ -19,7 +19,7 @@ import numpy as np
 from retrieval.features import CourseEmbeddings, course_embeddings
 from retrieval.model import ModelConfig, RetrievalModel
 from retrieval.projection import LinearProjection, Pairs, fit_cca, fit_contrastive
-from retrieval.reranker import Reranker, fit_calibration, fit_logistic, pair_features
+from retrieval.reranker import CaptionMemory, Reranker, build_memory, fit_calibration, fit_logistic, pair_features
 from retrieval.validation import (CoursePairs, course_pairs, image_folds, mean_metrics, reranker_quality,
                                   restricted_images, retrieval_metrics, train_mask_for)
 
@@ -37,10 +37,18 @@ class HeadConfig:
     d: int = 256
     reg_img: float = 10.0
     reg_txt: float = 3.0
-    power: float = 0.5
+    power: float = 1.0
     contrastive_epochs: int = 0
     neg_per_pos: int = 2
-    logistic_c: float = 0.1
+    logistic_c: float = 1.0
+    #: row weights of the logistic fit by kind (own caption / mismatch, expert, crowd); every allowed row calibrates.
+    #: Expert rows only gave the best out-of-fold expert tau-c at equal crowd tau-b (ML notes 16:52).
+    caption_row_weight: float = 0.0
+    expert_row_weight: float = 1.0
+    crowd_row_weight: float = 0.0
+    #: caption-memory kNN feature: neighbours (0 = off) and softmax temperature
+    knn_k: int = 10
+    knn_temperature: float = 0.05
     n_folds: int = 10
     #: ranking/score key candidates a * reranker_logit + b * cosine; (0, 1) = plain cosine must be present
     blends: tuple[tuple[float, float], ...] = ((0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (1.0, 3.0), (1.0, 10.0), (1.0, 30.0))
@@ -51,6 +59,19 @@ def fit_projection(img_x: np.ndarray, txt_x: np.ndarray, pairs: Pairs, cfg: Head
     if cfg.contrastive_epochs > 0:
         proj = fit_contrastive(img_x, txt_x, pairs, proj, epochs=cfg.contrastive_epochs, seed=seed)
     return proj
+
+
+def caption_memory(emb: CourseEmbeddings, proj: LinearProjection, pairs: Pairs, cfg: HeadConfig) -> CaptionMemory | None:
+    """kNN memory over the projection's own training images and captions (None when cfg.knn_k == 0)."""
+    if cfg.knn_k <= 0 or len(pairs.img) == 0:
+        return None
+    imgs, row = np.unique(pairs.img, return_inverse=True)
+    return build_memory(proj.project_images(emb.image_feats[imgs]), proj.project_texts(emb.text_feats[pairs.txt]),
+                        row, cfg.knn_k, cfg.knn_temperature)
+
+
+def _row_weights(rows: "Rows", cfg: HeadConfig) -> np.ndarray:
+    return np.select([rows.kind == 2, rows.kind == 3], [cfg.expert_row_weight, cfg.crowd_row_weight], cfg.caption_row_weight)
 
 
 def _caption_pairs(cp: CoursePairs, img_ok: np.ndarray, txt_ok: np.ndarray) -> Pairs:
@@ -120,15 +141,18 @@ def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text
         img_ok, txt_ok = train_mask_for(ev, tr)
         if rule:
             img_ok, txt_ok = img_ok & ~restricted, txt_ok & ~text_child
-        proj = fit_projection(emb.image_feats, emb.text_feats, _caption_pairs(cp, img_ok, txt_ok), cfg, seed)
+        pairs = _caption_pairs(cp, img_ok, txt_ok)
+        proj = fit_projection(emb.image_feats, emb.text_feats, pairs, cfg, seed)
+        memory = caption_memory(emb, proj, pairs, cfg)
         qm = np.isin(ev.caption_img, va)
         col = np.full(cp.n_images, -1)
         col[va] = np.arange(len(va))
         zi = proj.project_images(emb.image_feats[va])
         zt = proj.project_texts(emb.text_feats[ev.caption_txt[qm]])
-        fold_data.append((zi, zt, col[ev.caption_img[qm]], ~text_child[ev.caption_txt[qm]]))
+        pseudo = memory.pseudo_caption(zi) if memory is not None else None
+        fold_data.append((zi, zt, col[ev.caption_img[qm]], ~text_child[ev.caption_txt[qm]], pseudo))
         rows = reranker_rows(ev, va, rng, cfg.neg_per_pos)
-        feats.append(pair_features(proj.project_images(emb.image_feats[rows.img]), proj.project_texts(emb.text_feats[rows.txt])))
+        feats.append(pair_features(proj.project_images(emb.image_feats[rows.img]), proj.project_texts(emb.text_feats[rows.txt]), memory))
         rows_list.append(rows)
         fold_of.append(np.full(len(rows.img), f))
         if progress:
@@ -140,18 +164,23 @@ def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text
     n_blend = len(cfg.blends)
     keys = np.zeros((n_blend, len(rows.img)), np.float32)
     per_blend: list[list[tuple[dict, dict]]] = [[] for _ in cfg.blends]
-    for f, (zi, zt, tgt, nc) in enumerate(fold_data):
-        train = (fold_id != f) & allowed
-        coef, icpt = fit_logistic(X[train], rows.target[train], c=cfg.logistic_c, seed=seed)
+    weight = _row_weights(rows, cfg)
+    d = fold_data[0][0].shape[1]
+    for f, (zi, zt, tgt, nc, pseudo) in enumerate(fold_data):
+        train = (fold_id != f) & allowed & (weight > 0)
+        coef, icpt = fit_logistic(X[train], rows.target[train], weight[train], c=cfg.logistic_c, seed=seed)
         cos = zt @ zi.T
-        lg = (zt * coef[1:]) @ zi.T + coef[0] * cos + icpt
+        lg = (zt * coef[1 : 1 + d]) @ zi.T + coef[0] * cos + icpt
+        if pseudo is not None:
+            lg += coef[1 + d] * (zt @ pseudo.T)
         for j, (a, b) in enumerate(cfg.blends):
             keys[j, fold_id == f] = a * (X[fold_id == f] @ coef + icpt) + b * X[fold_id == f, 0]
             sim = a * lg + b * cos
             per_blend[j].append((retrieval_metrics(sim[nc], tgt[nc]), retrieval_metrics(sim, tgt)))
     metrics: dict[str, Any] = {"n_folds": len(folds), "rule": rule, "blends": {}}
+    probs = np.zeros(keys.shape, np.float32)
     for j, (a, b) in enumerate(cfg.blends):
-        prob = np.zeros(len(rows.img), np.float32)
+        prob = probs[j]
         for f in range(len(folds)):
             train = (fold_id != f) & allowed
             prob[fold_id == f] = fit_calibration(keys[j, train], rows.target[train])(keys[j, fold_id == f])
@@ -160,6 +189,7 @@ def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text
             "retrieval_non_child": mean_metrics([r[0] for r in res]), "retrieval_all": mean_metrics([r[1] for r in res]),
             "score": reranker_quality(ev, rows, prob, keys[j], X[:, 0], text_child, restricted, allowed),
         }
+    metrics["_oof_prob"] = probs  # popped by train_model (not JSON)
     return metrics, X, rows, keys, fold_id
 
 
@@ -186,7 +216,7 @@ def train_model(
     data_dir: Path | str, out_dir: Path | str, extra_captions: bool = True, seed: int = 0, keep_restricted: bool = False,
     image_encoder: str = DEFAULT_IMAGE_ENCODER, text_encoder: str = DEFAULT_TEXT_ENCODER,
     views: Sequence[str] = DEFAULT_VIEWS, progress: Progress | None = None, cfg: HeadConfig = HeadConfig(),
-    is_restricted_image: np.ndarray | None = None, validate: bool = True,
+    is_restricted_image: np.ndarray | None = None, reliability_png: Path | str | None = None,
 ) -> dict[str, Any]:
     """K-fold validation, then final heads on all allowed images; writes the model folder atomically."""
     say = progress or (lambda _m: None)
@@ -205,8 +235,13 @@ def train_model(
     say(f"{len(emb.image_names)} images ({int(restricted.sum())} restricted), {len(emb.texts)} texts "
         f"({int(text_child.sum())} mention children); training rule {'ON' if rule else 'OFF'}")
     metrics, X, rows, keys, fold_id = cross_validate(emb, cp, ev, text_child, restricted, rule, cfg, seed, say)
+    oof_prob = metrics.pop("_oof_prob")
     allowed = ~restricted[rows.img] & ~text_child[rows.txt] if rule else np.ones(len(rows.img), bool)
     j = choose_blend(metrics, cfg.blends)
+    if reliability_png is not None:
+        from retrieval.reranker import plot_reliability
+
+        plot_reliability(oof_prob[j, allowed], rows.target[allowed], reliability_png)
     a, b = cfg.blends[j]
     metrics["chosen"] = _blend_name(a, b)
     metrics["validation"] = metrics["blends"][metrics["chosen"]]
@@ -216,10 +251,13 @@ def train_model(
     pairs = _caption_pairs(cp, img_ok, txt_ok)
     say(f"final heads on {len(np.unique(pairs.img))} images / {len(pairs.img)} pairs")
     proj = fit_projection(emb.image_feats, emb.text_feats, pairs, cfg, seed)
-    coef, icpt = fit_logistic(X[allowed], rows.target[allowed], c=cfg.logistic_c, seed=seed)
+    weight = _row_weights(rows, cfg)
+    fit_rows = allowed & (weight > 0)
+    coef, icpt = fit_logistic(X[fit_rows], rows.target[fit_rows], weight[fit_rows], c=cfg.logistic_c, seed=seed)
     coef = (a * coef).astype(np.float32)
     coef[0] += b
-    reranker = Reranker(coef, a * icpt, fit_calibration(keys[j, allowed], rows.target[allowed]))
+    reranker = Reranker(coef, a * icpt, fit_calibration(keys[j, allowed], rows.target[allowed]),
+                        caption_memory(emb, proj, pairs, cfg))
     image_probe, text_probe = _probes(emb, ev, text_child, seed, say)
     from retrieval.encoders import build_image_encoder, build_text_encoder
 

@@ -6,33 +6,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from retrieval.cli import cli
 from retrieval.config import DISCLAIMER
 
-TINY = Path(__file__).parent / "fixtures" / "course_tiny"
-FAKE = ["--image-encoder", "fake-image", "--text-encoder", "fake-text"]
+from tests.conftest import FAKE, TINY, run_cli as run
+
 HIT_KEYS = {"rank", "image", "path", "score", "restricted", "disclaimer"}
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RETRIEVAL_CACHE_DIR", str(root / "cache"))
-    res = run("train", "--data", TINY, "--out", root / "model", *FAKE)
-    assert res.exit_code == 0, res.output
-    images = root / "images"
-    shutil.copytree(TINY / "train_images", images)
-    res = run("build-index", images, "--index", root / "idx", "--model", root / "model", "--quiet")
-    assert res.exit_code == 0, res.output
-    yield root
-    mp.undo()
+@pytest.fixture()
+def env(fake_env):
+    return fake_env
 
 
 def query_json(env: Path, *args: str) -> list[dict]:

@@ -11,15 +11,17 @@ import pytest
 from retrieval.errors import ModelMismatchError
 from retrieval.model import ModelConfig, RetrievalModel
 from retrieval.projection import LinearProjection
-from retrieval.reranker import Calibration, Reranker
+from retrieval.reranker import Calibration, Reranker, build_memory
 
 
 def _model(seed: int = 0) -> RetrievalModel:
     rng = np.random.default_rng(seed)
     proj = LinearProjection(rng.normal(size=12).astype(np.float32), rng.normal(size=(12, 4)).astype(np.float32),
                             rng.normal(size=10).astype(np.float32), rng.normal(size=(10, 4)).astype(np.float32))
-    rr = Reranker(rng.normal(size=5).astype(np.float32), 0.3,
-                  Calibration(np.array([-3, 0, 3], np.float32), np.array([0.05, 0.4, 0.97], np.float32)))
+    unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    memory = build_memory(unit(rng.normal(size=(6, 4))), unit(rng.normal(size=(12, 4))), np.repeat(np.arange(6), 2), k=3)
+    rr = Reranker(rng.normal(size=6).astype(np.float32), 0.3,
+                  Calibration(np.array([-3, 0, 3], np.float32), np.array([0.05, 0.4, 0.97], np.float32)), memory)
     cfg = ModelConfig(image_encoder="fake-image", image_encoder_checksum="aaa", image_views=("center",),
                       text_encoder="fake-text", text_encoder_checksum="bbb", image_dim=12, text_dim=10, dim=4)
     return RetrievalModel(cfg, proj, rr)

@@ -41,3 +41,24 @@ def test_soft_target_logistic_orders_pairs_by_agreement():
 def test_brier_and_ece_of_perfect_predictions_are_zero():
     t = np.array([0.0, 1.0, 0.5])
     assert brier(t, t) == 0.0 and ece(t, t) == 0.0
+
+
+def test_caption_memory_pseudo_caption_is_the_neighbours_caption_mean():
+    from retrieval.reranker import build_memory
+
+    img = np.eye(3, dtype=np.float32)
+    caps = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], np.float32)
+    mem = build_memory(img, caps, np.array([0, 1, 2, 2]), k=1)
+    np.testing.assert_allclose(mem.pseudo_caption(img), np.eye(3), atol=1e-6)
+    feats = pair_features(img, caps[[0, 0, 2]], mem)
+    assert feats.shape == (3, 1 + 3 + 1)
+    np.testing.assert_allclose(feats[:, -1], [1.0, 0.0, 1.0], atol=1e-6)
+
+
+def test_reliability_plot_is_written(tmp_path):
+    from retrieval.reranker import plot_reliability
+
+    rng = np.random.default_rng(2)
+    p = rng.random(500)
+    plot_reliability(p, (rng.random(500) < p).astype(float), tmp_path / "rel.png")
+    assert (tmp_path / "rel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -44,8 +44,10 @@ def test_read_safetensors_round_trip(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("arch", ["bert", "mpnet"])
-def test_numpy_forward_matches_transformers_on_tiny_random_model(tmp_path, arch: str) -> None:
-    """Architecture check without real weights: a seeded tiny BERT/MPNet, padded batch, hidden states compared."""
+def test_numpy_forward_matches_transformers_on_tiny_random_model(tmp_path, monkeypatch, arch: str) -> None:
+    """Architecture check without real weights: a seeded tiny BERT/MPNet, padded batch, hidden states compared;
+    then the prepared-weights cache: the second load maps the cached file and gives the same output."""
+    monkeypatch.setenv("RETRIEVAL_CACHE_DIR", str(tmp_path / "cache"))
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -55,8 +57,8 @@ def test_numpy_forward_matches_transformers_on_tiny_random_model(tmp_path, arch:
         model = transformers.BertModel(transformers.BertConfig(**common))
     else:
         model = transformers.MPNetModel(transformers.MPNetConfig(**common))
-    model.eval().save_pretrained(tmp_path)
-    ours = text_fast.NumpyTransformer.from_folder(tmp_path)
+    model.eval().save_pretrained(tmp_path / "model")
+    ours = text_fast.NumpyTransformer.from_folder(tmp_path / "model")
     pad = ours.pad_id
     ids = np.array([[5, 17, 42, 8, 3, 9, 11], [5, 60, 7, pad, pad, pad, pad]], np.int64)
     mask = (np.arange(7)[None, :] < np.array([[7], [3]])).astype(np.int64)
@@ -66,6 +68,12 @@ def test_numpy_forward_matches_transformers_on_tiny_random_model(tmp_path, arch:
     real = mask.astype(bool)
     np.testing.assert_allclose(got[real], ref[real], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(text_fast.mean_pool(got, mask), text_fast.mean_pool(ref, mask), atol=1e-5)
+
+    cached = list((tmp_path / "cache" / "text-encoders").glob("model-*.safetensors"))
+    assert len(cached) == 1
+    again = text_fast.NumpyTransformer.from_folder(tmp_path / "model")
+    assert isinstance(again.w["0.qkv.w"], np.memmap)  # mapped from the cache, not prepared again
+    np.testing.assert_array_equal(again(ids, mask), got)
 
 
 # ---------------------------------------------------------------------------------------- real models (slow)

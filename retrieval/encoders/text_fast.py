@@ -4,7 +4,8 @@ Why: importing transformers + torch costs 5-7 s on a 2-core machine, which is mo
 This module needs only numpy (already imported by everything) and the Rust `tokenizers` package (~0.1 s), maps
 the weights with `np.memmap` (no copy, no parsing beyond the safetensors JSON header) and reproduces
 `transformers.AutoModel(...).last_hidden_state` to float32 rounding (cosine >= 0.99999 after mean pooling,
-checked in tests/test_text_fast.py against the transformers reference).
+checked in tests/test_text_fast.py against the transformers reference). The first load writes the weights in the
+forward's layout (q/k/v fused, linear weights transposed) to cache_dir()/text-encoders/; later loads map that file.
 
 Covered architectures: `bert` (all-MiniLM-L6-v2, bert-base-uncased) and `mpnet` (all-mpnet-base-v2, which adds a
 T5-style relative position bias and position ids offset by the padding index).
@@ -59,10 +60,6 @@ def _gelu(x: FloatArray) -> FloatArray:
     return (0.5 * x * (1.0 + erf)).astype(np.float32, copy=False)
 
 
-def _linear(x: FloatArray, w: np.ndarray, b: np.ndarray) -> FloatArray:
-    return x @ w.T + b
-
-
 def relative_position_bucket(rel: npt.NDArray[np.int64], num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
     """MPNet/T5 bucketing of (key - query) offsets, as in transformers' MPNetEncoder."""
     n = -rel
@@ -76,10 +73,81 @@ def relative_position_bucket(rel: npt.NDArray[np.int64], num_buckets: int = 32, 
     return ret + np.where(n < max_exact, n, large)
 
 
+def _source_names(arch: str, i: int) -> dict[str, str]:
+    """Checkpoint tensor prefixes of layer i, by role."""
+    p = f"encoder.layer.{i}."
+    if arch == "mpnet":
+        a = p + "attention."
+        names = (a + "attn.q", a + "attn.k", a + "attn.v", a + "attn.o", a + "LayerNorm")
+    else:
+        a = p + "attention."
+        names = (a + "self.query", a + "self.key", a + "self.value", a + "output.dense", a + "output.LayerNorm")
+    return dict(zip(("q", "k", "v", "o", "ln1"), names), up=p + "intermediate.dense", down=p + "output.dense",
+                ln2=p + "output.LayerNorm")
+
+
+def prepare_weights(arch: str, n_layers: int, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Checkpoint tensors -> the layout the forward uses: q/k/v fused into one matrix and every linear weight
+    stored transposed (in, out) and contiguous, which makes the small-batch matmuls ~20% faster in OpenBLAS."""
+    prefix = next((p for p in ("", "bert.", "mpnet.") if f"{p}embeddings.word_embeddings.weight" in raw), None)
+    if prefix is None:
+        raise ValueError("weights hold no embeddings.word_embeddings.weight; not a BERT/MPNet checkpoint")
+    w = {k[len(prefix):]: v for k, v in raw.items() if k.startswith(prefix)}
+    out = {"word": w["embeddings.word_embeddings.weight"], "pos": w["embeddings.position_embeddings.weight"],
+           "ln0.w": w["embeddings.LayerNorm.weight"], "ln0.b": w["embeddings.LayerNorm.bias"]}
+    if arch == "mpnet":
+        out["rel_bias"] = w["encoder.relative_attention_bias.weight"]
+    else:
+        out["type0"] = w["embeddings.token_type_embeddings.weight"][0]
+    for i in range(n_layers):
+        n = _source_names(arch, i)
+        out[f"{i}.qkv.w"] = np.ascontiguousarray(np.concatenate([w[n[r] + ".weight"] for r in "qkv"]).T)
+        out[f"{i}.qkv.b"] = np.concatenate([w[n[r] + ".bias"] for r in "qkv"])
+        for role in ("o", "up", "down"):
+            out[f"{i}.{role}.w"] = np.ascontiguousarray(w[n[role] + ".weight"].T)
+            out[f"{i}.{role}.b"] = np.asarray(w[n[role] + ".bias"])
+        for role in ("ln1", "ln2"):
+            out[f"{i}.{role}.w"] = np.asarray(w[n[role] + ".weight"])
+            out[f"{i}.{role}.b"] = np.asarray(w[n[role] + ".bias"])
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def _prepared_cache(folder: Path) -> Path | None:
+    """cache_dir()/text-encoders/<name>-<size>-<mtime>.safetensors: keyed by a stat, not a 420 MB hash."""
+    try:
+        from retrieval.config import cache_dir
+
+        st = (folder / "model.safetensors").stat()
+        return cache_dir() / "text-encoders" / f"{folder.name}-{st.st_size}-{st.st_mtime_ns}.safetensors"
+    except OSError:
+        return None
+
+
+def _write_prepared(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Atomic (temp file + os.replace); a read-only cache just means preparing again next time."""
+    import os
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"format": "retrieval-text-prepared-v1"})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass
+
+
 class NumpyTransformer:
     """`last_hidden_state` of a BERT or MPNet encoder for right-padded (ids, mask) batches."""
 
-    def __init__(self, arch: str, config: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
+    def __init__(self, arch: str, config: dict[str, Any], weights: dict[str, np.ndarray], prepared: bool = False) -> None:
         if arch not in ARCHITECTURES:
             raise ValueError(f"architecture {arch!r} is not supported by the numpy backend; expected {ARCHITECTURES}")
         self.arch = arch
@@ -88,51 +156,43 @@ class NumpyTransformer:
         self.n_layers = int(config["num_hidden_layers"])
         self.eps = float(config.get("layer_norm_eps", 1e-12))
         self.pad_id = int(config.get("pad_token_id", 1 if arch == "mpnet" else 0))
-        prefix = next((p for p in ("", "bert.", "mpnet.") if f"{p}embeddings.word_embeddings.weight" in weights), None)
-        if prefix is None:
-            raise ValueError("weights hold no embeddings.word_embeddings.weight; not a BERT/MPNet checkpoint")
-        self.w = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        self.w = weights if prepared else prepare_weights(arch, self.n_layers, weights)
 
     @classmethod
-    def from_folder(cls, folder: Path) -> "NumpyTransformer":
+    def from_folder(cls, folder: Path, use_cache: bool = True) -> "NumpyTransformer":
+        """Load a checkpoint folder; the prepared layout is written to the cache once and memory-mapped after."""
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         arch = str(config.get("model_type", ""))
-        return cls(arch, config, read_safetensors(folder / "model.safetensors"))
+        cached = _prepared_cache(folder) if use_cache else None
+        if cached is not None and cached.is_file():
+            return cls(arch, config, read_safetensors(cached), prepared=True)
+        model = cls(arch, config, read_safetensors(folder / "model.safetensors"))
+        if cached is not None:
+            _write_prepared(cached, model.w)
+        return model
 
     # ------------------------------------------------------------------------------------------------ forward
-    def _embed(self, ids: np.ndarray, mask: np.ndarray) -> FloatArray:
+    def _embed(self, ids: np.ndarray) -> FloatArray:
         w = self.w
-        x = w["embeddings.word_embeddings.weight"][ids]
+        x = w["word"][ids]
         if self.arch == "mpnet":
-            pos = np.cumsum(ids != self.pad_id, axis=1) * (ids != self.pad_id) + self.pad_id
-            x = x + w["embeddings.position_embeddings.weight"][pos]
+            real = ids != self.pad_id
+            x = x + w["pos"][np.cumsum(real, axis=1) * real + self.pad_id]
         else:
-            x = x + w["embeddings.position_embeddings.weight"][: ids.shape[1]][None]
-            x = x + w["embeddings.token_type_embeddings.weight"][0]
-        return _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
+            x = x + w["pos"][: ids.shape[1]][None] + w["type0"]
+        return _layer_norm(x, w["ln0.w"], w["ln0.b"], self.eps)
 
     def _position_bias(self, length: int) -> FloatArray | None:
         if self.arch != "mpnet":
             return None
         ar = np.arange(length)
         bucket = relative_position_bucket(ar[None, :] - ar[:, None])
-        table = self.w["encoder.relative_attention_bias.weight"]
-        return np.ascontiguousarray(table[bucket].transpose(2, 0, 1))[None]  # (1, heads, L, L)
-
-    def _names(self, i: int) -> tuple[str, ...]:
-        p = f"encoder.layer.{i}."
-        if self.arch == "mpnet":
-            a = p + "attention."
-            return (a + "attn.q", a + "attn.k", a + "attn.v", a + "attn.o", a + "LayerNorm",
-                    p + "intermediate.dense", p + "output.dense", p + "output.LayerNorm")
-        a = p + "attention."
-        return (a + "self.query", a + "self.key", a + "self.value", a + "output.dense", a + "output.LayerNorm",
-                p + "intermediate.dense", p + "output.dense", p + "output.LayerNorm")
+        return np.ascontiguousarray(self.w["rel_bias"][bucket].transpose(2, 0, 1))[None]  # (1, heads, L, L)
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> FloatArray:
         b, length = ids.shape
-        h, dh = self.heads, self.hidden // self.heads
-        x = self._embed(ids, mask).astype(np.float32, copy=False)
+        h, dh, hid = self.heads, self.hidden // self.heads, self.hidden
+        x = self._embed(ids).astype(np.float32, copy=False)
         add_mask = ((1.0 - mask.astype(np.float32)) * np.float32(-1e9))[:, None, None, :]
         bias = self._position_bias(length)
         if bias is not None:
@@ -140,21 +200,14 @@ class NumpyTransformer:
         scale = np.float32(1.0 / math.sqrt(dh))
         w = self.w
         for i in range(self.n_layers):
-            q, k, v, o, ln1, up, down, ln2 = self._names(i)
-
-            def split(t: FloatArray) -> FloatArray:
-                return t.reshape(b, length, h, dh).transpose(0, 2, 1, 3)
-
-            qh = split(_linear(x, w[q + ".weight"], w[q + ".bias"]))
-            kh = split(_linear(x, w[k + ".weight"], w[k + ".bias"]))
-            vh = split(_linear(x, w[v + ".weight"], w[v + ".bias"]))
-            scores = (qh @ kh.transpose(0, 1, 3, 2)) * scale + add_mask
+            qkv = (x @ w[f"{i}.qkv.w"] + w[f"{i}.qkv.b"]).reshape(b, length, 3, h, dh).transpose(2, 0, 3, 1, 4)
+            scores = (qkv[0] @ qkv[1].transpose(0, 1, 3, 2)) * scale + add_mask
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             probs = scores / scores.sum(-1, keepdims=True)
-            ctx = (probs @ vh).transpose(0, 2, 1, 3).reshape(b, length, self.hidden)
-            x = _layer_norm(_linear(ctx, w[o + ".weight"], w[o + ".bias"]) + x, w[ln1 + ".weight"], w[ln1 + ".bias"], self.eps)
-            inner = _gelu(_linear(x, w[up + ".weight"], w[up + ".bias"]))
-            x = _layer_norm(_linear(inner, w[down + ".weight"], w[down + ".bias"]) + x, w[ln2 + ".weight"], w[ln2 + ".bias"], self.eps)
+            ctx = (probs @ qkv[2]).transpose(0, 2, 1, 3).reshape(b, length, hid)
+            x = _layer_norm(ctx @ w[f"{i}.o.w"] + w[f"{i}.o.b"] + x, w[f"{i}.ln1.w"], w[f"{i}.ln1.b"], self.eps)
+            inner = _gelu(x @ w[f"{i}.up.w"] + w[f"{i}.up.b"])
+            x = _layer_norm(inner @ w[f"{i}.down.w"] + w[f"{i}.down.b"] + x, w[f"{i}.ln2.w"], w[f"{i}.ln2.b"], self.eps)
         return x.astype(np.float32, copy=False)
 
 

@@ -1,0 +1,32 @@
+"""Shared fixtures: a fake-encoder model trained on the tiny course fixture and an index built with it."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from retrieval.cli import cli
+
+TINY = Path(__file__).parent / "fixtures" / "course_tiny"
+FAKE = ["--image-encoder", "fake-image", "--text-encoder", "fake-text"]
+
+
+def run_cli(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def fake_env(tmp_path_factory):
+    """(root) with root/model (fake encoders, trained on course_tiny), root/images, root/idx."""
+    root = tmp_path_factory.mktemp("fake_env")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RETRIEVAL_CACHE_DIR", str(root / "cache"))
+    res = run_cli("train", "--data", TINY, "--out", root / "model", *FAKE)
+    assert res.exit_code == 0, res.output
+    shutil.copytree(TINY / "train_images", root / "images")
+    res = run_cli("build-index", root / "images", "--index", root / "idx", "--model", root / "model", "--quiet")
+    assert res.exit_code == 0, res.output
+    yield root
+    mp.undo()
