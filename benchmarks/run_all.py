@@ -127,8 +127,10 @@ def main() -> None:
     build = None
     if not args.skip_build and (HERE / "bench_build.py").is_file():
         _, status["bench_build"] = _run("bench_build.py", [])
-        path = RESULTS_DIR / "bench_build.json"
-        build = json.loads(path.read_text()) if path.is_file() else None
+    elif args.skip_build:
+        status["bench_build"] = "skipped (--skip-build); its last results/bench_build.json is shown"
+    path = RESULTS_DIR / "bench_build.json"
+    build = json.loads(path.read_text()) if path.is_file() else None
 
     rows = []
     for n in [int(s) for s in args.sizes.split(",") if s.strip()]:

@@ -44,6 +44,10 @@ class ModelConfig:
     text_dim: int
     dim: int
     method: str = "cca"
+    #: ranking key = rank_logit_weight * reranker logit + rank_cos_weight * cosine (chosen on validation so it
+    #: never lowers R@K against plain cosine); `score` is the calibrated reranker logit
+    rank_logit_weight: float = 0.0
+    rank_cos_weight: float = 1.0
     child_image_threshold: float = 0.5
     child_text_threshold: float = 0.5
     seed: int = 0
@@ -99,13 +103,15 @@ class RetrievalModel:
         return self.reranker.score(img_z, txt_z)
 
     def rank_key(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
-        """Uncalibrated key that `score` is a monotone map of (the reranker's blended logit; cosine without one).
+        """Ordering key for search results: a * reranker logit + b * cosine (config rank_*_weight).
 
-        Ranking by it equals ranking by `score` but without the calibration table's flat steps."""
+        Sort hits by this key to get the validated R@K; `score` is the calibrated relevance to display."""
         img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
-        if self.reranker is None:
-            return np.sum(img_z * txt_z, axis=1).astype(np.float32)
-        return self.reranker.logit(img_z, txt_z)
+        cos = np.sum(img_z * txt_z, axis=1)
+        a, b = self.config.rank_logit_weight, self.config.rank_cos_weight
+        if self.reranker is None or a == 0.0:
+            return (b * cos if b else cos).astype(np.float32)
+        return (a * self.reranker.logit(img_z, txt_z) + b * cos).astype(np.float32)
 
     def child_image_prob(self, feats: np.ndarray) -> FloatArray:
         if self.image_probe is None:

@@ -2,9 +2,8 @@
 
 Features of a pair in the shared space: [cosine, z_img * z_txt, optional caption-memory kNN feature]. A logistic regression on soft targets
 (expert mean grade, crowd share, own caption = 1, sampled mismatches = 0; each soft row split into a positive
-and a negative row weighted t and 1 - t) gives a logit; the key is a * logit + b * cosine (folded into `coef`,
-blend chosen on validation so ranking by it never loses recall against plain cosine); isotonic regression
-fitted on out-of-fold keys maps the key to a calibrated probability. Applying the head is numpy only (a dot product and a table lookup).
+and a negative row weighted t and 1 - t) gives a logit; isotonic regression fitted on out-of-fold logits maps it to
+a calibrated probability. (Search ranks by a validated blend of logit and cosine: see RetrievalModel.rank_key.) Applying the head is numpy only (a dot product and a table lookup).
 """
 from __future__ import annotations
 
@@ -94,6 +93,8 @@ class Reranker:
     memory: CaptionMemory | None = None
 
     def logit(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
+        if self.memory is not None and self.coef[-1] == 0.0:  # kNN term switched off: skip its cost
+            return (pair_features(img_z, txt_z) @ self.coef[:-1] + self.intercept).astype(np.float32)
         return (pair_features(img_z, txt_z, self.memory) @ self.coef + self.intercept).astype(np.float32)
 
     def score(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:

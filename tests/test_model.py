@@ -85,3 +85,15 @@ def test_loading_does_not_import_torch(tmp_path):
             "m.project_texts(np.ones((1, 10)))); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_rank_key_blends_reranker_logit_and_cosine():
+    from dataclasses import replace
+
+    m = _model()
+    rng = np.random.default_rng(9)
+    zi, zt = m.project_images(rng.normal(size=(5, 12))), m.project_texts(rng.normal(size=(1, 10)))
+    cos = (zi * zt).sum(axis=1)
+    np.testing.assert_allclose(m.rank_key(zi, zt[0]), cos, rtol=1e-6)  # default: plain cosine
+    m.config = replace(m.config, rank_logit_weight=1.0, rank_cos_weight=3.0)
+    np.testing.assert_allclose(m.rank_key(zi, zt[0]), m.reranker.logit(zi, zt) + 3.0 * cos, rtol=1e-5)

@@ -108,8 +108,8 @@ Forward = Callable[[Any], Any]  # normalised float32 (B,3,S,S) torch tensor -> (
 class TorchImageEncoder:
     """Pooled CNN features averaged over views. `net` maps a normalised (B,3,H,W) batch to (B,dim).
 
-    `fast` optionally builds a quicker equivalent forward. It is built on first use, i.e. in the process that runs
-    `embed_batch`: forked decode workers (which only call `preprocess`) never start OpenVINO threads.
+    `fast` optionally builds a quicker equivalent forward. It is built on the first `embed_batch`, in the process
+    that runs the forward pass: decode workers, which only call `preprocess`, never build it.
     """
 
     def __init__(
