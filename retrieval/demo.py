@@ -49,7 +49,19 @@ def sample_images(dest: Path) -> Path:
     return dest
 
 
+def _print(results: list[dict]) -> None:
+    for res in results:
+        click.echo(f"\n> {res['query']}")
+        if res["restricted"] and not res["hits"]:
+            click.echo(f"  [restricted query] {res['disclaimer']}")
+        for hit in res["hits"]:
+            shown = hit["image"] or f"[{hit['disclaimer']}]"
+            flag = "  (flagged: would be withheld under strict)" if hit["restricted"] and hit["image"] else ""
+            click.echo(f"  {hit['rank']}. {hit['score']:.3f}  {shown}{flag}")
+
+
 def run_samples(out: Path, k: int = 3) -> Path:
+    """Index the sample photos, then show each query twice: as a user under `strict` sees it, and the `audit` view."""
     from retrieval.build import build_index_with_model
     from retrieval.html import results_page
     from retrieval.policy.apply import apply_policy
@@ -57,20 +69,23 @@ def run_samples(out: Path, k: int = 3) -> Path:
 
     images = sample_images(out / "sample_images")
     report = build_index_with_model(images, out / "index", progress=False)
-    click.echo(f"indexed {images}: {report}")
+    click.echo(f"indexed {report.count} sample photos from {images} into {out / 'index'} "
+               f"(added {report.added}, unchanged {report.skipped}, unreadable {len(report.failures)})")
     retriever = Retriever.open(out / "index")
-    results = [apply_policy(r, "strict") for r in retriever.search_many(DEMO_QUERIES, k=k)]
-    for res in results:
-        click.echo(f"\n> {res['query']}")
-        if res["restricted"]:
-            click.echo(f"  [restricted] {res['disclaimer']}")
-        for hit in res["hits"]:
-            click.echo(f"  {hit['rank']}. {hit['score']:.3f}  {hit['image'] or hit['disclaimer']}")
-    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results), encoding="utf-8")
-    page = results_page("retrieval demo: sample images", results, out / "index.html",
-                        intro="<p>Index built by <code>make demo</code> over the sample photos shipped with "
-                              "scikit-image and scikit-learn; scores are calibrated relevance in 0..1.</p>")
-    click.echo(f"\nwrote {page}\nserve it interactively: retrieve serve --index {out / 'index'}")
+    raw = retriever.search_many(DEMO_QUERIES, k=k)
+    views = {policy: [apply_policy(r, policy) for r in raw] for policy in ("strict", "audit")}
+    for policy, results in views.items():
+        click.echo(f"\n=== policy {policy} ===")
+        _print(results)
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in views["strict"]), encoding="utf-8")
+    results_page("retrieval demo: audit view (operators)", views["audit"], out / "audit.html",
+                 intro="<p>Same queries under <code>--policy audit</code>: every image shown, flags marked.</p>")
+    page = results_page("retrieval demo: sample photos", views["strict"], out / "index.html",
+                        intro="<p>Index built by <code>make demo</code> over the sample photos shipped with scikit-image "
+                              "and scikit-learn; scores are calibrated 0..1 relevance. This is the <b>strict</b> view "
+                              "(what a user where the child-protection law applies sees); the probe is tuned for recall, "
+                              "so unfamiliar pictures are withheld too. Operator view: <a href='audit.html'>audit.html</a>.</p>")
+    click.echo(f"\nwrote {page} and {out / 'audit.html'}\nsearch interactively: retrieve serve --index {out / 'index'}")
     return page
 
 
