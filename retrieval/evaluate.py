@@ -88,7 +88,7 @@ def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir:
     img_z = np.asarray(retriever.store.vectors[:], np.float32)
     txt_z = retriever.model.project_texts(retriever.text_encoder.encode(texts))
     cosine = txt_z @ img_z.T
-    rerank = np.stack([retriever.model.score(img_z, z) for z in txt_z])
+    rerank = np.stack([retriever.model.rank_key(img_z, z) for z in txt_z])
     child = mentions_child(texts)
     metrics: dict[str, Any] = {"n_queries": len(texts), "n_images": len(names), "n_child_queries": int(child.sum())}
     for subset, mask in (("all", np.ones(len(texts), bool)), ("non_child", ~child)):

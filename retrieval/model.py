@@ -45,7 +45,7 @@ class ModelConfig:
     dim: int
     method: str = "cca"
     #: ranking key = rank_logit_weight * reranker logit + rank_cos_weight * cosine (chosen on validation so it
-    #: never lowers R@K against plain cosine); `score` is the calibrated reranker logit
+    #: never lowers R@K against plain cosine); `score` is the isotonic calibration of that same key
     rank_logit_weight: float = 0.0
     rank_cos_weight: float = 1.0
     child_image_threshold: float = 0.5
@@ -100,12 +100,12 @@ class RetrievalModel:
         img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
         if self.reranker is None:
             return np.clip((np.sum(img_z * txt_z, axis=1) + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
-        return self.reranker.score(img_z, txt_z)
+        return self.reranker.calibration(self.rank_key(img_z, txt_z))
 
     def rank_key(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
         """Ordering key for search results: a * reranker logit + b * cosine (config rank_*_weight).
 
-        Sort hits by this key to get the validated R@K; `score` is the calibrated relevance to display."""
+        Sort hits by this key to get the validated R@K; `score` = calibration(key) is monotone in it."""
         img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
         cos = np.sum(img_z * txt_z, axis=1)
         a, b = self.config.rank_logit_weight, self.config.rank_cos_weight

@@ -3,7 +3,9 @@
 Features of a pair in the shared space: [cosine, z_img * z_txt, optional caption-memory kNN feature]. A logistic regression on soft targets
 (expert mean grade, crowd share, own caption = 1, sampled mismatches = 0; each soft row split into a positive
 and a negative row weighted t and 1 - t) gives a logit; isotonic regression fitted on out-of-fold logits maps it to
-a calibrated probability. (Search ranks by a validated blend of logit and cosine: see RetrievalModel.rank_key.) Applying the head is numpy only (a dot product and a table lookup).
+a calibrated probability. The product ranks AND scores by one key, a validated blend a*logit + b*cosine
+(RetrievalModel.rank_key), calibrated isotonically (RetrievalModel.score), so listed scores decrease with rank.
+`Reranker.score` calibrates a (1, 0) blend only. Applying the head is numpy only (dot products and a table lookup).
 """
 from __future__ import annotations
 

@@ -111,8 +111,9 @@ class Retriever:
         for row, check in enumerate(checks):
             cand = ids[row][ids[row] >= 0]
             cand_z = np.asarray(self.store.vectors[cand], np.float32)
-            scores = self.model.score(cand_z, z[row])
-            order = np.lexsort((-self.model.rank_key(cand_z, z[row]), -scores))  # by score, ties by rank key
+            key = self.model.rank_key(cand_z, z[row])
+            scores = self.model.score(cand_z, z[row])  # isotonic in `key`: sorting by key sorts scores too
+            order = np.argsort(-key, kind="stable")
             hits = []
             for i in order:
                 if len(hits) == k or scores[i] < min_score:

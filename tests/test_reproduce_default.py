@@ -1,0 +1,37 @@
+"""`retrieve train` on the course data reproduces the shipped default model (README: `make train-default`)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from retrieval.config import DEFAULT_MODEL_DIR, course_data_dir
+from retrieval.model import RetrievalModel
+
+from tests.conftest import run_cli
+
+
+@pytest.mark.slow
+def test_training_on_course_data_reproduces_shipped_model(tmp_path):
+    data = course_data_dir()
+    if not (data / "ExpertAnnotations.tsv").is_file():
+        pytest.skip(f"course data not found at {data}; set RETRIEVAL_COURSE_DATA to the course-train folder")
+    res = run_cli("train", "--data", data, "--out", tmp_path / "model")
+    assert res.exit_code == 0, res.output
+    shipped, fresh = RetrievalModel.load(DEFAULT_MODEL_DIR), RetrievalModel.load(tmp_path / "model")
+    a, b = shipped.config, fresh.config
+    assert (a.image_encoder, a.text_encoder, a.image_views) == (b.image_encoder, b.text_encoder, b.image_views)
+    assert a.training["data_fingerprint"] == b.training["data_fingerprint"]
+    assert (a.rank_logit_weight, a.rank_cos_weight) == (b.rank_logit_weight, b.rank_cos_weight)
+    for key in ("retrieval_non_child", "retrieval_all"):
+        for metric in ("R@1", "R@5", "R@10"):
+            assert b.validation["validation"][key][metric] == pytest.approx(a.validation["validation"][key][metric], abs=0.2)
+    rng = np.random.default_rng(0)
+    img = rng.standard_normal((50, a.image_dim)).astype(np.float32)
+    txt = rng.standard_normal((50, a.text_dim)).astype(np.float32)
+    np.testing.assert_allclose(shipped.score(shipped.project_images(img), shipped.project_texts(txt)),
+                               fresh.score(fresh.project_images(img), fresh.project_texts(txt)), atol=0.02)
+    printed = json.loads(res.stdout[res.stdout.index("{"):])
+    assert printed["validation"]["retrieval_non_child"]["R@1"] == pytest.approx(
+        b.validation["validation"]["retrieval_non_child"]["R@1"])
