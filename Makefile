@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DATA   ?=
 OUT    ?= demo_out
 
-.PHONY: install demo test test-fast bench train-default clean browser-deps
+.PHONY: install demo test test-fast bench train-default train-light clean browser-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 # Reproduces the shipped default model from the course data.
 train-default: $(STAMP)
 	$(PY) -m retrieval.cli train --data $(or $(DATA),../shared/data/course-train) --out retrieval/default_model
+
+train-light: $(STAMP)
+	$(PY) -m retrieval.cli train --data $(or $(DATA),../shared/data/course-train) --out retrieval/light_model \
+	  --image-encoder efficientnet-lite0 --text-encoder all-MiniLM-L6-v2
 
 clean:
 	rm -rf $(OUT) .pytest_cache

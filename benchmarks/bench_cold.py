@@ -131,13 +131,26 @@ def stages(index: Path, model: Path | None, runs: int, backend: str | None = Non
     return out
 
 
+def _matches_model(index: Path, model: Path | None) -> bool:
+    """The bench index exists and was built with the current model (the shipped model may be retrained)."""
+    from index_store import IndexStore
+    from retrieval.build import index_identity, load_model
+    from retrieval.errors import RetrievalError
+
+    try:
+        IndexStore.load(index, expect=index_identity(load_model(model)))
+    except RetrievalError:
+        return False
+    return True
+
+
 def ensure_index(index: Path | None, model: Path | None) -> Path:
     if index is not None:
         return index
     from retrieval.config import cache_dir
 
     default = cache_dir() / "bench" / "query_10000"
-    if not (default / "manifest.json").is_file():
+    if not _matches_model(default, model):
         cmd = [sys.executable, str(Path(__file__).with_name("bench_query.py")), "--n", "10000", "--queries", "20",
                "--out", str(cache_dir() / "bench" / "bench_query_for_cold.json")]
         subprocess.run(cmd + (["--model", str(model)] if model else []), check=True, env=_env(), cwd=REPO_ROOT)

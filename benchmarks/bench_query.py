@@ -216,6 +216,8 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
     text_encoder = build_text_encoder(model.config.text_encoder)
     retriever = Retriever(text_encoder, model, store)
     out["load_s"] = time.perf_counter() - t
+    out["model_id"] = model.config.model_id
+    out["text_encoder"] = f"{model.config.text_encoder} ({type(text_encoder).__name__})"
     out["index_type"] = store.manifest.index_type
     out["index_params"] = store.manifest.index_params
     out["n"], out["dim"] = int(store.count), dim
@@ -283,7 +285,7 @@ def ef_sweep(index: Any, q: np.ndarray, ref: np.ndarray, n_cand: int, default_ef
         _, got = index.search(q, n_cand)
         rows.append({"efSearch": index.hnsw.efSearch, "recall_at_10": recall(got, ref),
                      "ann_p50_ms": median_ms(single_query_ms(index, q, n_cand))})
-    index.hnsw.efSearch = default_ef or 256
+    index.hnsw.efSearch = default_ef or 512
     return rows
 
 

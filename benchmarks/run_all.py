@@ -141,7 +141,7 @@ def main() -> None:
             rows.append(res)
     cold = None
     if not args.skip_cold:
-        index = ["--index", rows[0]["index_dir"]] if rows and rows[0].get("index_dir") else []
+        index: list[str] = []  # bench_cold uses (or rebuilds, if the model changed) the 10k bench index
         ref = ["--no-reference"] if args.no_reference else []
         cold, status["bench_cold"] = _run("bench_cold.py", ["--json", "--runs", str(args.cold_runs), *model_args,
                                                             *index, *ref])
@@ -157,7 +157,9 @@ def main() -> None:
                   "End to end = `Retriever.search` (text encoding + projection + ANN + rerank + metadata), one query at "
                   f"a time, {rows[0]['queries']} real course captions after 10 warm-up queries; stage columns are "
                   "medians in ms; exact = IndexFlatIP over the same vectors in the same run; FAISS on "
-                  f"{rows[0].get('faiss_threads', 1)} thread(s).", ""]
+                  f"{rows[0].get('faiss_threads', 1)} thread(s). Model {str(rows[-1].get('model_id', '?'))[:12]}…, "
+                  f"text encoder {rows[-1].get('text_encoder', '?')}; `cand. recall@10` = share of the exact top-10 "
+                  "among the ANN candidates the reranker re-scores with float32 vectors.", ""]
         lines += query_table(rows) + [""]
     if cold:
         lines += ["## Cold start (`bench_cold.py`)", ""] + cold_table(cold) + [""]

@@ -21,11 +21,22 @@ def index_identity(model: Any) -> dict[str, Any]:
             "model_id": c.model_id, "dim": int(model.dim), "metric": "ip"}
 
 
+def resolve_model_dir(model_dir: str | Path | None = None) -> Path:
+    """A model folder path; None -> the shipped default; "default"/"light" -> the shipped ones unless such a folder exists."""
+    from retrieval.config import PACKAGED_MODELS
+
+    if model_dir is None:
+        return default_model_dir()
+    if not Path(model_dir).exists() and str(model_dir) in PACKAGED_MODELS:
+        return PACKAGED_MODELS[str(model_dir)]
+    return Path(model_dir)
+
+
 def load_model(model_dir: str | Path | None = None) -> Any:
-    """The heads model folder, default: the one shipped in the package."""
+    """The heads model folder (see `resolve_model_dir`)."""
     from retrieval.model import RetrievalModel
 
-    return RetrievalModel.load(Path(model_dir) if model_dir else default_model_dir())
+    return RetrievalModel.load(resolve_model_dir(model_dir))
 
 
 def build_index_with_model(

@@ -55,7 +55,7 @@ def report_cmd(data_dir: Path, out_dir: Path, policy: bool) -> None:
 @cli.command("build-index")
 @click.argument("images_dir", type=click.Path(path_type=Path))
 @click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder to create or update.")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (default: the shipped model).")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder, or `light` for the shipped fast pair (default: the shipped model).")
 @click.option("--workers", type=int, default=None, help="Parallel image decoders (default: number of cores).")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True)
 @click.option("--max-megapixels", type=click.FloatRange(0.01, None), default=100.0, show_default=True,
@@ -194,14 +194,13 @@ def train_cmd(data_dir: Path, out_dir: Path, no_extra_captions: bool, seed: int,
 def score_cmd(image: Path | None, text: str | None, model_dir: Path | None, pairs_file: Path | None,
               out_file: Path | None) -> None:
     """Calibrated 0-1 relevance of IMAGE and TEXT, or of every row of --pairs (written to --out)."""
-    from retrieval.config import DEFAULT_MODEL_DIR
+    from retrieval.build import load_model
     from retrieval.errors import InvalidQueryError
-    from retrieval.model import RetrievalModel
     from retrieval.scoring import read_pairs, score_one, score_pairs, write_scores
 
     if (pairs_file is None) == (image is None) or (image is not None and text is None):
         raise InvalidQueryError("give either IMAGE_PATH \"text\" or --pairs PAIRS.csv --out SCORES.csv")
-    model = RetrievalModel.load(model_dir or DEFAULT_MODEL_DIR)
+    model = load_model(model_dir)
     if image is not None:
         click.echo(f"{score_one(model, image, text or ''):.4f}")
         return

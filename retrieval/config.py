@@ -13,6 +13,8 @@ COURSE_DATA_ENV = "RETRIEVAL_COURSE_DATA"
 CACHE_DIR_ENV = "RETRIEVAL_CACHE_DIR"
 
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "default_model"
+#: Model folders shipped in the package, usable by name with --model (a real folder of that name wins).
+PACKAGED_MODELS = {"default": DEFAULT_MODEL_DIR, "light": PACKAGE_DIR / "light_model"}
 SAMPLES_DIR = PACKAGE_DIR / "samples"
 
 DISCLAIMER = "This image is unavailable in your country in compliance with local laws"
