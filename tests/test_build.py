@@ -21,7 +21,7 @@ from retrieval.errors import DatasetError
 from retrieval.fs import walk_images
 from retrieval.imageio import load_image
 from retrieval.indexer import build_index
-from test_imageio import BAD, GOOD, make_junk_folder
+from tests.test_imageio import BAD, GOOD, make_junk_folder
 
 FIELDS = {"text_encoder": "fake-text", "text_encoder_sha": "t", "model_id": "heads-1"}
 
