@@ -7,7 +7,8 @@ sizes for images, the text list for texts): a different checkpoint or data set n
 """
 from __future__ import annotations
 
-import csv
+from functools import lru_cache
+
 import hashlib
 import os
 import tempfile
@@ -25,7 +26,6 @@ FloatArray = npt.NDArray[np.float32]
 #: progress(stage, done, total)
 Progress = Callable[[str, int, int], None]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -45,41 +45,28 @@ class CourseEmbeddings:
 
 
 # ----------------------------------------------------------------------------------------------- course inputs
+@lru_cache(maxsize=4)
+def _course(data_dir: str) -> Any:
+    """The validated course tables (`retrieval.data.course.load_course`), loaded once per folder and process."""
+    from retrieval.data.course import load_course
+
+    return load_course(data_dir)
+
+
 def course_image_names(data_dir: Path) -> list[str]:
-    folder = Path(data_dir) / "train_images"
-    if not folder.is_dir():
-        raise DatasetError(f"no train_images/ folder in {str(data_dir)!r}; pass the course folder to --data")
-    return sorted(p.name for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
+    return sorted(_course(str(data_dir)).train_image_names)
 
 
 def read_extra_captions(data_dir: Path) -> list[tuple[str, str]]:
     """extra_captions.tsv -> [(query_id, caption)] (empty when the file is absent)."""
-    path = Path(data_dir) / "extra_captions.tsv"
-    if not path.is_file():
-        return []
-    out = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        for lineno, row in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if not row:
-                continue
-            if len(row) < 2:
-                raise DatasetError(f"{path}:{lineno}: expected `image#n<TAB>caption`, got {row!r}")
-            out.append((row[0].strip(), row[1].strip()))
-    return out
+    caps = _course(str(data_dir)).extra_captions
+    return [] if caps is None else list(zip(caps["query_id"], caps["query_text"]))
 
 
 def read_train_queries(data_dir: Path) -> list[tuple[str, str, str]]:
     """train_dataset.csv -> [(image, query_id, query_text)]."""
-    path = Path(data_dir) / "train_dataset.csv"
-    if not path.is_file():
-        raise DatasetError(f"no train_dataset.csv in {str(data_dir)!r}; pass the course folder to --data")
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"image", "query_id", "query_text"} - set(reader.fieldnames or [])
-        if missing:
-            raise DatasetError(f"{path}: missing columns {sorted(missing)}; expected image,query_id,query_text")
-        return [(r["image"].strip(), r["query_id"].strip(), r["query_text"].strip()) for r in reader]
+    train = _course(str(data_dir)).train
+    return list(zip(train["image"], train["query_id"], train["query_text"]))
 
 
 def course_texts(data_dir: Path) -> list[str]:

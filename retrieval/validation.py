@@ -45,19 +45,15 @@ class CoursePairs:
 
 def _read_grades(data_dir: Path) -> list[tuple[str, str, float, str, tuple[float, float, float]]]:
     """Expert mean (g-1)/3 and crowd share -> [(image, query_id, target, source, raw expert grades)]."""
-    import pandas as pd
+    from retrieval.features import _course
 
-    out: list[tuple[str, str, float, str, tuple[float, float, float]]] = []
-    exp = Path(data_dir) / "ExpertAnnotations.tsv"
-    if exp.is_file():
-        df = pd.read_csv(exp, sep="\t", header=None, names=["image", "qid", "e1", "e2", "e3"])
-        raw = df[["e1", "e2", "e3"]].to_numpy(float)
-        tgt = (raw.mean(axis=1) - 1.0) / 3.0
-        out += [(i, q, float(t), "expert", tuple(g)) for i, q, t, g in zip(df.image, df.qid, tgt, raw)]
-    crowd = Path(data_dir) / "CrowdAnnotations.tsv"
-    if crowd.is_file():
-        df = pd.read_csv(crowd, sep="\t", header=None, names=["image", "qid", "share", "n_yes", "n_no"])
-        out += [(i, q, float(s), "crowd", (np.nan,) * 3) for i, q, s in zip(df.image, df.qid, df.share)]
+    course = _course(str(data_dir))
+    exp, crowd = course.expert, course.crowd
+    raw = exp[["e1", "e2", "e3"]].to_numpy(float)
+    tgt = (raw.mean(axis=1) - 1.0) / 3.0
+    out: list[tuple[str, str, float, str, tuple[float, float, float]]] = [
+        (i, q, float(t), "expert", tuple(g)) for i, q, t, g in zip(exp["image"], exp["query_id"], tgt, raw)]
+    out += [(i, q, float(sh), "crowd", (np.nan,) * 3) for i, q, sh in zip(crowd["image"], crowd["query_id"], crowd["share_yes"])]
     return out
 
 
