@@ -19,6 +19,10 @@ class EncoderUnavailableError(RetrievalError):
     """Weights for an encoder cannot be loaded offline."""
 
 
+class ModelNotFoundError(RetrievalError):
+    """No readable model folder where one was expected."""
+
+
 class ModelMismatchError(RetrievalError):
     """A model folder or index was built with other encoders / heads than the ones asked for."""
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.errors import ModelMismatchError, RetrievalError
+from retrieval.errors import ModelMismatchError, ModelNotFoundError
 from retrieval.projection import LinearProjection
 from retrieval.reranker import Reranker
 
@@ -27,10 +27,6 @@ FloatArray = npt.NDArray[np.float32]
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-class ModelNotFoundError(RetrievalError):
-    """No readable model folder (kept local: errors.py has no model-specific class)."""
 
 
 @dataclass(frozen=True)
