@@ -103,7 +103,7 @@ def run_course(data: Path, out: Path) -> None:
         click.echo(json.dumps(result, indent=2, default=str))
     else:
         click.echo(f"{data} has no test_queries.csv: skipping evaluate")
-    click.echo(f"report: {write_report(data, out / 'report')}")
+    click.echo(f"report: {write_report(data, out / 'report', policy=True)}")
 
 
 @click.command()
