@@ -58,7 +58,9 @@ class LoadedIndex:
         k = min(int(k), self.count)
         if k <= 0 or not len(q):
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        return self.index.search(q, k)
+        from index_store.ann import search
+
+        return search(self.index, q, k)  # one OpenMP thread for small batches
 
 
 def _missing(folder: Path) -> IndexNotFoundError:
