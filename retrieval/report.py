@@ -206,12 +206,13 @@ def write_report(data_dir: Path, out_dir: Path, policy: bool = False) -> Path:
         plots: list[_Plot] = []
         numbers: dict[str, str] = {"train images": f"{len(course.train_image_names):,}",
                                    "train_dataset.csv rows": f"{len(course.train):,}"}
-        plot, nums = _expert_plot(course, tmp)
-        plots.append(plot)
-        numbers.update(nums)
-        plot, nums = _crowd_plot(course, tmp)
-        plots.append(plot)
-        numbers.update(nums)
+
+        def add(section: tuple[_Plot, dict[str, str]]) -> None:
+            plots.append(section[0])
+            numbers.update(section[1])
+
+        add(_expert_plot(course, tmp))
+        add(_crowd_plot(course, tmp))
         plots.append(_shared_plot(targets, course, tmp))
         default = methods.set_index("method").loc[DEFAULT_EXPERT_METHOD]
         numbers["pairs rated by experts and crowd"] = f"{int(default['shared_pairs']):,}"
@@ -220,16 +221,10 @@ def write_report(data_dir: Path, out_dir: Path, policy: bool = False) -> Path:
         numbers["target rows (unique image, query_id)"] = f"{len(targets):,}"
         numbers["own-caption pairs (target 1.0)"] = f"{int(targets['own_caption'].sum()):,}"
         numbers["mean target"] = f"{targets['target'].mean():.3f}"
-        plot, nums = _length_plot(course, tmp)
-        plots.append(plot)
-        numbers.update(nums)
-        plot, nums = _child_plot(course, tmp)
-        plots.append(plot)
-        numbers.update(nums)
+        add(_length_plot(course, tmp))
+        add(_child_plot(course, tmp))
         if policy:
-            plot, nums = _policy_section(Path(data_dir), tmp)
-            plots.append(plot)
-            numbers.update(nums)
+            add(_policy_section(Path(data_dir), tmp))
         if course.test_queries is not None:
             numbers["test queries / test images"] = (
                 f"{len(course.test_queries):,} / {len(course.test_image_names):,}")
