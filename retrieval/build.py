@@ -47,12 +47,23 @@ def build_index_with_model(
     batch_size: int = 32,
     max_megapixels: float = 100.0,
     progress: bool = True,
+    image_weights: str | Path | None = None,
 ) -> Any:
-    """Embed every image under `images_dir` with the model's encoders and write/update `index_dir` atomically."""
+    """Embed every image under `images_dir` with the model's encoders and write/update `index_dir` atomically.
+
+    `image_weights`: a weights file for the image encoder (e.g. ResNet offline); it must be the one the model was
+    trained with (checked by checksum)."""
+    from retrieval.errors import ModelMismatchError
     from retrieval.indexer import build_index
 
     model = load_model(model_dir)
-    encoder = build_image_encoder(model.config.image_encoder, views=tuple(model.config.image_views))
+    encoder = build_image_encoder(model.config.image_encoder, Path(image_weights) if image_weights else None,
+                                  views=tuple(model.config.image_views))
+    if encoder.checksum() != model.config.image_encoder_checksum:
+        raise ModelMismatchError(
+            f"image encoder {model.config.image_encoder!r} weights (sha {encoder.checksum()[:12]}) differ from the "
+            f"ones the model was trained with (sha {model.config.image_encoder_checksum[:12]}); pass the training "
+            "weights with --image-weights or retrain with `retrieve train`")
     return build_index(
         Path(images_dir),
         Path(index_dir),

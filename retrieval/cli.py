@@ -60,14 +60,16 @@ def report_cmd(data_dir: Path, out_dir: Path, policy: bool) -> None:
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True)
 @click.option("--max-megapixels", type=click.FloatRange(0.01, None), default=100.0, show_default=True,
               help="Skip images larger than this (decompression-bomb guard).")
+@click.option("--image-weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Weights file for the model's image encoder (e.g. ResNet offline; must match the model).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build_index_cmd(images_dir: Path, index_dir: Path, model_dir: Path | None, workers: int | None,
-                    batch_size: int, max_megapixels: float, quiet: bool) -> None:
+                    batch_size: int, max_megapixels: float, image_weights: Path | None, quiet: bool) -> None:
     """Embed the images under IMAGES_DIR (recursively) into INDEX_DIR; re-runs are incremental."""
     from retrieval.build import build_index_with_model
 
     report = build_index_with_model(images_dir, index_dir, model_dir, workers=workers, batch_size=batch_size,
-                                    max_megapixels=max_megapixels, progress=not quiet)
+                                    max_megapixels=max_megapixels, progress=not quiet, image_weights=image_weights)
     for rel_path, reason in report.failures:
         click.echo(f"skipped {rel_path}: {reason}", err=True)
     click.echo(f"{index_dir}: added {report.added}, updated {report.updated}, removed {report.removed}, "

@@ -133,3 +133,14 @@ def test_incremental_add_update_remove(env, tmp_path):
     (images / names[2]).write_bytes((images / names[3]).read_bytes())  # content changed in place
     res = run("build-index", images, "--index", idx, "--model", env / "model", "--quiet")
     assert "added 0, updated 1, removed 0" in res.output, res.output
+
+
+def test_build_with_image_weights_other_than_the_models_is_refused(env, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(env / "model", model)
+    config = json.loads((model / "config.json").read_text())
+    config["image_encoder_checksum"] = "0" * 64  # as if trained with other weights of the same architecture
+    (model / "config.json").write_text(json.dumps(config))
+    res = run("build-index", env / "images", "--index", tmp_path / "i", "--model", model)
+    assert res.exit_code != 0 and "differ from the ones the model was trained with" in res.output
+    assert "--image-weights" in res.output and not (tmp_path / "i").exists()
