@@ -93,10 +93,14 @@ class RetrievalModel:
 
     def score(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
         """Calibrated relevance in [0, 1] for aligned rows (falls back to (cos+1)/2 without a reranker)."""
-        img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
-        if self.reranker is None:
-            return np.clip((np.sum(img_z * txt_z, axis=1) + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
-        return self.reranker.calibration(self.rank_key(img_z, txt_z))
+        return self.calibrate(self.rank_key(img_z, txt_z))
+
+    def calibrate(self, key: np.ndarray) -> FloatArray:
+        """`rank_key` values -> calibrated scores (monotone), so callers that already ranked need not recompute."""
+        if self.reranker is None or self.config.rank_logit_weight == 0.0:
+            cos = np.asarray(key, np.float32) / (self.config.rank_cos_weight or 1.0)
+            return np.clip((cos + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+        return self.reranker.calibration(key)
 
     def rank_key(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
         """Ordering key for search results: a * reranker logit + b * cosine (config rank_*_weight).

@@ -125,7 +125,7 @@ class Retriever:
             cand = ids[row][ids[row] >= 0]
             cand_z = np.asarray(self.store.vectors[cand], np.float32)
             key = self.model.rank_key(cand_z, z[row])
-            scores = self.model.score(cand_z, z[row])  # isotonic in `key`: sorting by key sorts scores too
+            scores = self.model.calibrate(key)  # isotonic in `key`: sorting by key sorts scores too
             order = np.argsort(-key, kind="stable")
             hits = []
             for i in order:
