@@ -107,11 +107,12 @@ def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int,
     else:
         texts = [text]
     retriever = Retriever.open(index_dir, model_dir)
-    for check in map(retriever.check_query, texts):
+    checks = [retriever.check_query(t) for t in texts]
+    for check in checks:
         if check.truncated:
             click.echo(f"note: query of {check.n_tokens} tokens truncated to the encoder's limit of "
                        f"{check.max_tokens}: {check.text[:60]!r}", err=True)
-    for raw in retriever.search_many(texts, k=k, min_score=min_score):
+    for raw in retriever.search_checked(checks, k=k, min_score=min_score):
         out = apply_policy(raw, policy)
         click.echo(json.dumps(out, ensure_ascii=False) if as_json else format_table(out))
 

@@ -91,23 +91,26 @@ class Retriever:
         return self.search_many([text], k=k, min_score=min_score)[0]
 
     def search_many(self, texts: Sequence[str], k: int = 10, min_score: float = 0.0) -> list[RawResult]:
-        """Batched: texts are encoded together, ANN searched together, reranked per query.
+        """Batched: texts are encoded together, ANN searched together, reranked per query."""
+        return self.search_checked([self.check_query(t) for t in texts], k=k, min_score=min_score)
+
+    def search_checked(self, checks: Sequence[QueryCheck], k: int = 10, min_score: float = 0.0) -> list[RawResult]:
+        """`search_many` for queries already passed through `check_query` (callers that report truncation).
 
         Small batches run their BLAS calls on one thread: the projection / rerank products are tiny, and a second
         spinning BLAS thread doubled CPU per query (benchmarks/bench_query.py: 188 -> 95 ms)."""
-        if len(texts) > SINGLE_THREAD_MAX_QUERIES:
-            return self._search_many(texts, k, min_score)
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            return self._search_many(texts, k, min_score)
-
-    def _search_many(self, texts: Sequence[str], k: int, min_score: float) -> list[RawResult]:
         if not isinstance(k, int) or k <= 0:
             raise InvalidQueryError(f"k must be a positive integer, got {k!r}; pass -k 10 for example")
         if not 0.0 <= float(min_score) <= 1.0:
             raise InvalidQueryError(f"min-score must be within 0..1, got {min_score!r}")
-        checks = [self.check_query(t) for t in texts]
+        if len(checks) > SINGLE_THREAD_MAX_QUERIES:
+            return self._search(checks, k, min_score)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._search(checks, k, min_score)
+
+    def _search(self, checks: Sequence[QueryCheck], k: int, min_score: float) -> list[RawResult]:
         clean = [c.text for c in checks]
         t0 = time.perf_counter()
         feats = self.text_encoder.encode(clean)
