@@ -15,7 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index_store.ann import HNSW_PARAMS, build_ann, synthetic_clustered, synthetic_queries
+from index_store.ann import build_ann, synthetic_clustered, synthetic_queries
 
 
 def _latency_ms(index, queries: np.ndarray, k: int = 10) -> float:

@@ -10,7 +10,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -113,14 +112,10 @@ def folder_bytes(folder: Path) -> dict[str, int]:
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     """Atomic: temp file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, default=_jsonable)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path
+    ensure_repo_on_path()
+    from retrieval.atomic import write_text
+
+    return write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,7 +10,6 @@ shares. Writes metrics.json and a visual sheet (10 random queries with their top
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retrieval.atomic import write_text
 from retrieval.errors import DatasetError
 from retrieval.validation import retrieval_metrics
 
@@ -100,9 +100,7 @@ def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir:
         known.update(dict(zip(queries["query_id"], queries["query_text"])))
         metrics.update(_kendall(course, names, img_z, retriever, known))
     metrics["sheet"] = str(write_sheet(retriever, texts, out, sheet_queries, sheet_k, seed, policy))
-    tmp = out / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    os.replace(tmp, out / "metrics.json")
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,8 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from retrieval.atomic import atomic_path
 from retrieval.config import cache_dir
-from retrieval.errors import DatasetError
 
 FloatArray = npt.NDArray[np.float32]
 #: progress(stage, done, total)
@@ -85,15 +83,8 @@ def _sha(parts: Sequence[str]) -> str:
 
 
 def _save_npz(path: Path, **arrays: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _feature_dir() -> Path:

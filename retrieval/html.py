@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
+
+from retrieval.atomic import write_text
 from typing import Any, Callable, Iterable
 
 _CSS = """
@@ -53,7 +55,4 @@ def results_page(title: str, results: Iterable[dict[str, Any]], out_html: Path, 
             parts.append('<div class="note">No image scored above the threshold.</div>')
         else:
             parts.append('<div class="grid">' + "".join(_tile(h, src) for h in res["hits"]) + "</div>")
-    tmp = out_html.with_name(f".{out_html.name}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, out_html)
-    return out_html
+    return write_text(out_html, "\n".join(parts))

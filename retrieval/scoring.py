@@ -107,17 +107,6 @@ def read_pairs(path: Path | str) -> pd.DataFrame:
 
 def write_scores(scores: pd.DataFrame, path: Path | str) -> Path:
     """Atomic CSV write (temp file in the same folder, then os.replace)."""
-    import os
-    import tempfile
+    from retrieval.atomic import write_text
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            scores.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text(path, scores.to_csv(index=False))

@@ -125,21 +125,13 @@ def _prepared_cache(folder: Path) -> Path | None:
 
 def _write_prepared(path: Path, tensors: dict[str, np.ndarray]) -> None:
     """Atomic (temp file + os.replace); a read-only cache just means preparing again next time."""
-    import os
-    import tempfile
-
     from safetensors.numpy import save_file
 
+    from retrieval.atomic import atomic_path
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"format": "retrieval-text-prepared-v1"})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "retrieval-text-prepared-v1"})
     except OSError:
         pass
 

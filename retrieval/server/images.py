@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from retrieval.atomic import write_bytes
 from retrieval.errors import ImageDecodeError, RetrievalError
 from retrieval.policy.apply import apply_policy
 from retrieval.policy.types import DEFAULT_IMAGE_THRESHOLD, Hit, RawResult
@@ -118,16 +117,9 @@ class ImageService:
             pass
         data = make_thumbnail(path, self.thumb_size)
         try:  # atomic: readers never see half a JPEG; a failed write only costs a regeneration
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
+            write_bytes(cached, data)
         except OSError:
-            return data
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, cached)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
+            pass
         return data
 
     def _remember(self, key: tuple, data: bytes) -> None:
