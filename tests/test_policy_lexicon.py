@@ -16,6 +16,10 @@ CHILD = [
     # ages
     "a 5 year old", "ten-year-old riding", "a 4-year-old", "a seven year old girl", "fifteen-year-old",
     "a 15-year-old", "an 18-month-old", "1.5 year old", "a 3 years old", "7yo", "aged 12", "under-12s football",
+    # informal words, child-only roles, carried / held by a parent
+    "a wee lass", "two lads fishing", "a bairn in a pram", "trick-or-treaters", "the ring bearer", "t-ball game",
+    "a skater holding his mother's hand", "a little fellow on his dad's shoulders", "asleep in mommy's arms",
+    "a baby and a dog", "a girl feeding baby goats",
 ]
 NOT_CHILD = [
     "cowboy", "busboy", "tomboyish", "kidney", "kidnapping", "totally", "totes", "boyfriend", "playboy",
@@ -23,6 +27,10 @@ NOT_CHILD = [
     "a 40 year old man", "twenty-five-year-old", "a 16-year-old", "sixteen year old", "a 100 year old building",
     "1,000 year old tree", "a dog under two trees", "a minor injury", "minor league baseball", "baby blue shirt",
     "tater tots", "a dog in a kiddie pool", "a young man skateboarding", "two dogs in the snow", "",
+    # young animals, a flower, idioms and names that use a child word for adults or things; "lad" inside words
+    "a baby elephant following its mother", "baby ducks on a pond", "baby's breath in a vase", "girls night out",
+    "a box of Girl Scout cookies", "Teenage Mutant Ninja Turtles figures", "a salad", "a ladder",
+    "a man holding his wife's hand",
 ]
 
 

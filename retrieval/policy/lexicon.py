@@ -9,8 +9,13 @@ queries outright. Choices (each is a deliberate trade-off; the law favours recal
 * "girl"/"boy" count as children even though Flickr captions sometimes call young women "girls": a false block
   costs one image, a miss breaks the law.
 * "babysitter"/"babysitting" DO count: the word implies a child in care in the picture.
-* "baby" in fixed adult phrases (baby blue/pink, baby grand, baby carrots/back ribs/spinach/powder), objects
-  named after children ("a dog in a kiddie pool", "baby pool") and "tater tots" do not count.
+* "baby" in fixed adult phrases (baby blue/pink, baby grand, baby carrots/back ribs/spinach/powder), young animals
+  ("a baby elephant"), baby's breath, objects named after children ("a dog in a kiddie pool", "baby pool"),
+  "tater tots" and names / idioms (girls' night out, Girl Scout cookies, Teenage Mutant Ninja Turtles, Kid Rock)
+  do not count.
+* Informal words (lad, lass, bairn, nipper, rugrat, munchkin, sprog), roles only children have (trick-or-treaters,
+  ring bearer, t-ball) and being carried or held by a parent ("on his dad's shoulders", "holding her mother's
+  hand", "in mommy's arms") count.
 * "minor" is ambiguous ("minor injury", "minor league"): only "minors", "underage" and "a/the minor" used as a
   noun (followed by punctuation, end of text, or a verb/preposition) count.
 * Ages: "a 5 year old", "ten-year-old", "5-years-old", "18-month-old", "aged 12", "age 7", "7yo", "under-12s"
@@ -46,6 +51,9 @@ _STEMS = [
     r"(?:elementary|grade|middle)[- ]school(?:er)?", r"junior[- ]high",
     r"little[- ]league(?:r)?", r"pee[- ]?wee", r"cub[- ]scout",
     r"babysitter", r"babysitting", r"babysit", r"baby-sitter", r"baby-sitting",
+    # informal / regional words for a child, and roles only children have
+    r"lad", r"lass(?:es)?", r"laddie", r"bairn", r"nipper", r"rugrat", r"sprog", r"munchkin", r"whippersnapper",
+    r"trick[- ]or[- ]treaters?", r"ring[- ]bearer", r"t-?ball", r"tee[- ]ball",
 ]
 _ORDINALS = (r"first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|1st|2nd|3rd|4th|5th|6th|7th|8th"
              r"|9th|10th")
@@ -55,13 +63,27 @@ _WORDS = re.compile(
     + r"|(?<![\w-])(?:" + _ORDINALS + r")[- ]grade(?:rs?|rs'?)?(?![\w])"
     # "a minor" used as a noun: followed by punctuation / end / a verb or preposition
     + r"|\b(?:a|the|one|any)\s+minor(?=\s*(?:$|[.,;:!?)])|\s+(?:is|was|who|in|on|at|with|and|or|playing|sitting|"
-    r"standing|walking|running|holding|wearing|being|smiling|looking)\b)",
+    r"standing|walking|running|holding|wearing|being|smiling|looking)\b)"
+    # carried by / held by a parent: "on his dad's shoulders", "holding her mother's hand", "in mommy's arms"
+    + r"|\b(?:on|in|holding|holds|holding\s+onto|clutching|grabbing)\s+(?:his|her|their|my|a|the)?\s*"
+    r"(?:mom|mommy|mum|mummy|mother|dad|daddy|father|papa|mama|parent|grandpa|grandma|grandmother|grandfather)"
+    r"(?:'s|’s|s'|s’)\s+(?:hands?|shoulders?|lap|back|arms|hip|knee)\b",
     re.IGNORECASE,
 )
+_ANIMALS = (r"animals?|elephants?|giraffes?|birds?|chicks?|ducks?|ducklings?|goats?|seals?|turtles?|tortoises?|"
+            r"monkeys?|gorillas?|chimps?|chimpanzees?|deer|lions?|tigers?|bears?|pandas?|rhinos?|hippos?|zebras?|"
+            r"horses?|ponies|pony|cows?|pigs?|piglets?|lambs?|sheep|dogs?|pupp(?:y|ies)|cats?|kittens?|rabbits?|"
+            r"bunn(?:y|ies)|owls?|penguins?|dolphins?|whales?|kangaroos?|koalas?|squirrels?|foxes|fox|wolf|wolves|"
+            r"otters?|sloths?|camels?|llamas?|alpacas?|bats?|snakes?|crocodiles?|alligators?|sharks?|robins?|swans?|"
+            r"geese|goose|orangutans?|leopards?|cheetahs?|meerkats?|hedgehogs?|calf|calves|foals?|cubs?")
 # Fixed phrases where a lexicon word does not describe a child.
 _NOT_CHILD = re.compile(
     r"\bbaby[- ](?:blue|pink|grand|carrots?|back|spinach|powder|shower[- ]curtain|boomers?|bok)\b"
-    r"|\b(?:kiddie|kiddy|baby)[- ]pools?\b|\btater[- ]tots?\b|\boh[, ]+boy\b|\bkid[- ]gloves?\b",
+    r"|\b(?:kiddie|kiddy|baby)[- ]pools?\b|\btater[- ]tots?\b|\boh[, ]+boy\b|\bkid[- ]gloves?\b"
+    # young animals ("a baby elephant"), plants, and names / idioms that use a child word for adults or things
+    r"|\bbab(?:y|ies)(?:'s|’s)?[- ](?:" + _ANIMALS + r")\b|\bbaby(?:'s|’s)[- ]breath\b"
+    r"|\b(?:girls?|boys?|lads)(?:'|’|'s|’s)?[- ]night(?:[- ]out)?\b|\bgirl[- ]scout[- ]cookies?\b"
+    r"|\bteenage[- ]mutant\b|\bkid[- ]rock\b|\bthe[- ]kid[- ]in[- ](?:me|us|him|her|them|you)\b",
     re.IGNORECASE,
 )
 
