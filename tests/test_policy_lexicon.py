@@ -17,9 +17,10 @@ CHILD = [
     "a 5 year old", "ten-year-old riding", "a 4-year-old", "a seven year old girl", "fifteen-year-old",
     "a 15-year-old", "an 18-month-old", "1.5 year old", "a 3 years old", "7yo", "aged 12", "under-12s football",
     # informal words, child-only roles, carried / held by a parent
-    "a wee lass", "two lads fishing", "a bairn in a pram", "trick-or-treaters", "the ring bearer", "t-ball game",
+    "a wee lass", "a bairn in a pram", "trick-or-treaters", "the ring bearer", "t-ball game",
     "a skater holding his mother's hand", "a little fellow on his dad's shoulders", "asleep in mommy's arms",
-    "a baby and a dog", "a girl feeding baby goats",
+    "a baby and a dog", "a girl feeding baby goats", "a class of 10-year-olds", "a 6 year old boy",
+    "a boy and a kid goat", "a girl and her grown daughter",
 ]
 NOT_CHILD = [
     "cowboy", "busboy", "tomboyish", "kidney", "kidnapping", "totally", "totes", "boyfriend", "playboy",
@@ -30,7 +31,9 @@ NOT_CHILD = [
     # young animals, a flower, idioms and names that use a child word for adults or things; "lad" inside words
     "a baby elephant following its mother", "baby ducks on a pond", "baby's breath in a vase", "girls night out",
     "a box of Girl Scout cookies", "Teenage Mutant Ninja Turtles figures", "a salad", "a ladder",
-    "a man holding his wife's hand",
+    "a man holding his wife's hand", "a juvenile bald eagle", "father and adult son fishing", "a daughter-in-law",
+    "old boys reunion dinner", "grilled baby octopus", "kid goats in straw", "girls' weekend at a spa",
+    "child's pose on a yoga mat", "a class of 40-year-olds",
 ]
 
 

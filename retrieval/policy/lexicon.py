@@ -52,7 +52,7 @@ _STEMS = [
     r"little[- ]league(?:r)?", r"pee[- ]?wee", r"cub[- ]scout",
     r"babysitter", r"babysitting", r"babysit", r"baby-sitter", r"baby-sitting",
     # informal / regional words for a child, and roles only children have
-    r"lad", r"lass(?:es)?", r"laddie", r"bairn", r"nipper", r"rugrat", r"sprog", r"munchkin", r"whippersnapper",
+    r"lass(?:es)?", r"laddie", r"bairn", r"nipper", r"rugrat", r"sprog", r"munchkin", r"whippersnapper",
     r"trick[- ]or[- ]treaters?", r"ring[- ]bearer", r"t-?ball", r"tee[- ]ball",
 ]
 _ORDINALS = (r"first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|1st|2nd|3rd|4th|5th|6th|7th|8th"
@@ -75,13 +75,19 @@ _ANIMALS = (r"animals?|elephants?|giraffes?|birds?|chicks?|ducks?|ducklings?|goa
             r"horses?|ponies|pony|cows?|pigs?|piglets?|lambs?|sheep|dogs?|pupp(?:y|ies)|cats?|kittens?|rabbits?|"
             r"bunn(?:y|ies)|owls?|penguins?|dolphins?|whales?|kangaroos?|koalas?|squirrels?|foxes|fox|wolf|wolves|"
             r"otters?|sloths?|camels?|llamas?|alpacas?|bats?|snakes?|crocodiles?|alligators?|sharks?|robins?|swans?|"
-            r"geese|goose|orangutans?|leopards?|cheetahs?|meerkats?|hedgehogs?|calf|calves|foals?|cubs?")
+            r"geese|goose|eagles?|hawks?|falcons?|herons?|gulls?|seagulls?|pelicans?|flamingos?|ravens?|crows?|orangutans?|leopards?|cheetahs?|meerkats?|hedgehogs?|calf|calves|foals?|cubs?")
 # Fixed phrases where a lexicon word does not describe a child.
 _NOT_CHILD = re.compile(
     r"\bbaby[- ](?:blue|pink|grand|carrots?|back|spinach|powder|shower[- ]curtain|boomers?|bok)\b"
     r"|\b(?:kiddie|kiddy|baby)[- ]pools?\b|\btater[- ]tots?\b|\boh[, ]+boy\b|\bkid[- ]gloves?\b"
     # young animals ("a baby elephant"), plants, and names / idioms that use a child word for adults or things
-    r"|\bbab(?:y|ies)(?:'s|’s)?[- ](?:" + _ANIMALS + r")\b|\bbaby(?:'s|’s)[- ]breath\b"
+    r"|\b(?:bab(?:y|ies)|juvenile|newborn)(?:'s|’s)?[- ](?:" + _ANIMALS + r")\b|\bbaby(?:'s|’s)[- ]breath\b"
+    r"|\bbaby[- ](?:corn|potato(?:es)?|octopus|squid|bella|kale|arugula|greens|tomato(?:es)?|onions?|zucchini|"
+    r"artichokes?|bump|yoda|ruth)\b|\bkid[- ]goats?\b|\bgoat[- ]kids?\b|\bkid[- ]leather\b|\bchild(?:'s|’s)[- ]pose\b"
+    r"|\b(?:adult|grown|grown[- ]up|middle[- ]aged|elderly|retired)[- ](?:step)?(?:sons?|daughters?)\b"
+    r"|\b(?:sons?|daughters?)[- ]in[- ]law\b"
+    r"|(?<!-)(?<!year )(?<!years )(?<!month )(?<!months )(?<!week )(?<!weeks )\bold[- ](?:boys?|girls?)(?:'|’)?\b|\bgirl[- ](?:power|boss)\b|\bbad[- ]boys?\b|\bboys[- ]in[- ]blue\b"
+    r"|\bone[- ]of[- ]the[- ](?:boys|girls)\b|\b(?:girls?|boys?)(?:'|’|'s|’s)?[- ](?:weekend|trip|holiday)\b"
     r"|\b(?:girls?|boys?|lads)(?:'|’|'s|’s)?[- ]night(?:[- ]out)?\b|\bgirl[- ]scout[- ]cookies?\b"
     r"|\bteenage[- ]mutant\b|\bkid[- ]rock\b|\bthe[- ]kid[- ]in[- ](?:me|us|him|her|them|you)\b",
     re.IGNORECASE,
@@ -98,7 +104,7 @@ _AGE = re.compile(
     # "<tens>-five-year-old" is captured whole so that "five-year-old" inside it is not read as 5.
     r"(?<![\w.,-])(?:(?P<tens>" + _TENS + r")[\s-]+(?:and[\s-]+)?)?(?P<num>" + _NUM + r")"
     r"(?:[\s-]+and[\s-]+a[\s-]+half)?[\s-]*"
-    r"(?:(?P<unit>years?|yrs?|months?|mos?|weeks?|wks?|days?)[\s-]*old"
+    r"(?:(?P<unit>years?|yrs?|months?|mos?|weeks?|wks?|days?)[\s-]*olds?"
     r"|(?P<yo>yo|y/o|y\.o\.?))(?![a-z])"
     # "aged 12", "age 7", "ages 3", "under-12s" ("under two trees" must not count, so "under" needs a hyphen)
     r"|\b(?:(?:aged?|ages)[\s-]+|under-)(?P<num2>\d{1,2}|" + "|".join(k for k in _NUMBER_WORDS if len(k) > 2) + r")"
