@@ -81,7 +81,9 @@ _NOT_CHILD = re.compile(
     r"\bbaby[- ](?:blue|pink|grand|carrots?|back|spinach|powder|shower[- ]curtain|boomers?|bok)\b"
     r"|\b(?:kiddie|kiddy|baby)[- ]pools?\b|\btater[- ]tots?\b|\boh[, ]+boy\b|\bkid[- ]gloves?\b"
     # young animals ("a baby elephant"), plants, and names / idioms that use a child word for adults or things
-    r"|\b(?:bab(?:y|ies)|juvenile|newborn)(?:'s|’s)?[- ](?:" + _ANIMALS + r")\b|\bbaby(?:'s|’s)[- ]breath\b"
+    r"|\b(?:bab(?:y|ies)|juvenile|newborn)(?:'s|’s)?[- ]"
+    r"(?:(?!(?:and|or|with|in|on|at|next|near|by|the|a|an|his|her|their|its|to|from|of|for|holding|"
+    r"feeding|petting|hugging|and)\b)[a-z]+[- ])?(?:" + _ANIMALS + r")\b|\bbaby(?:'s|’s)[- ]breath\b"
     r"|\bbaby[- ](?:corn|potato(?:es)?|octopus|squid|bella|kale|arugula|greens|tomato(?:es)?|onions?|zucchini|"
     r"artichokes?|bump|yoda|ruth)\b|\bkid[- ]goats?\b|\bgoat[- ]kids?\b|\bkid[- ]leather\b|\bchild(?:'s|’s)[- ]pose\b"
     r"|\b(?:adult|grown|grown[- ]up|middle[- ]aged|elderly|retired)[- ](?:step)?(?:sons?|daughters?)\b"
