@@ -1,6 +1,7 @@
 """Relevance head: (projected image, projected text) -> calibrated score in [0, 1] ("how well the text fits").
 
-Features of a pair in the shared space: [cosine, z_img * z_txt, optional caption-memory kNN feature]. A logistic regression on soft targets
+Features of a pair in the shared space: [cosine, z_img * z_txt, optional caption-memory kNN feature and its
+per-dimension products z_txt * pseudo_caption]. A logistic regression on soft targets
 (expert mean grade, crowd share, own caption = 1, sampled mismatches = 0; each soft row split into a positive
 and a negative row weighted t and 1 - t) gives a logit; isotonic regression fitted on out-of-fold logits maps it to
 a calibrated probability. The product ranks AND scores by one key, a validated blend a*logit + b*cosine
@@ -41,14 +42,39 @@ class CaptionMemory:
         return np.einsum("nk,nkd->nd", w, self.caption_mean[top]).astype(np.float32)
 
 
-def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | None = None) -> np.ndarray:
-    """(n, d) x (n, d) L2-normalised (either may be a single broadcast row) -> [cosine, z_img * z_txt, (knn)]."""
+def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | None = None,
+                  knn_products: bool = False) -> np.ndarray:
+    """(n, d) x (n, d) L2-normalised (either may be a single broadcast row) -> features of each pair.
+
+    Layout: [cosine, z_img * z_txt (d), knn] with a memory, then z_txt * pseudo_caption (d) when `knn_products`
+    (per-dimension weights on the caption-memory match, as z_img * z_txt does for the cosine: +.004 expert tau-c).
+    """
     img_z, txt_z = np.atleast_2d(np.asarray(img_z, np.float32)), np.atleast_2d(np.asarray(txt_z, np.float32))
     prod = img_z * txt_z
     parts = [prod.sum(axis=1, keepdims=True), prod]
     if memory is not None:
-        parts.append(np.sum(memory.pseudo_caption(img_z) * txt_z, axis=1, keepdims=True))
+        kp = memory.pseudo_caption(img_z) * txt_z
+        parts.append(kp.sum(axis=1, keepdims=True))
+        if knn_products:
+            parts.append(kp)
     return np.concatenate(parts, axis=1)
+
+
+def logit_grid(coef: np.ndarray, intercept: float, txt_z: np.ndarray, img_z: np.ndarray,
+               pseudo: np.ndarray | None = None) -> FloatArray:
+    """Logits of every (text, image) pair, (n_txt, n_img), without building the per-pair feature rows.
+
+    Same coefficients and layout as `pair_features` (pseudo = memory.pseudo_caption(img_z), None without memory);
+    validation ranks whole galleries with it.
+    """
+    txt_z, img_z = np.asarray(txt_z, np.float32), np.asarray(img_z, np.float32)
+    d = img_z.shape[1]
+    out = (txt_z * coef[1 : 1 + d]) @ img_z.T + coef[0] * (txt_z @ img_z.T) + intercept
+    if pseudo is not None:
+        out += coef[1 + d] * (txt_z @ pseudo.T)
+        if len(coef) == 2 + 2 * d:
+            out += (txt_z * coef[2 + d : 2 + 2 * d]) @ pseudo.T
+    return out.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -94,10 +120,15 @@ class Reranker:
     calibration: Calibration
     memory: CaptionMemory | None = None
 
+    def uses_knn_products(self) -> bool:
+        """True when coef covers [cos, d products, knn, d knn products] (older models stop after knn)."""
+        return self.memory is not None and len(self.coef) == 2 + 2 * self.memory.img_z.shape[1]
+
     def logit(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
-        if self.memory is not None and self.coef[-1] == 0.0:  # kNN term switched off: skip its cost
+        if self.memory is not None and not self.uses_knn_products() and self.coef[-1] == 0.0:  # kNN term off: skip its cost
             return (pair_features(img_z, txt_z) @ self.coef[:-1] + self.intercept).astype(np.float32)
-        return (pair_features(img_z, txt_z, self.memory) @ self.coef + self.intercept).astype(np.float32)
+        feats = pair_features(img_z, txt_z, self.memory, self.uses_knn_products())
+        return (feats @ self.coef + self.intercept).astype(np.float32)
 
     def score(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
         return self.calibration(self.logit(img_z, txt_z))
