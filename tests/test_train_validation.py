@@ -42,3 +42,18 @@ def test_retrieval_metrics_ranks():
     m = retrieval_metrics(sim, np.array([0, 1, 2]))
     assert abs(m["R@1"] - 100 / 3) < 1e-9 and m["medR"] == 3.0
     assert abs(m["MRR"] - (1 + 1 / 3 + 1 / 3) / 3) < 1e-9
+
+
+def test_choose_blend_never_lowers_recall_without_tolerance():
+    from retrieval.train import _blend_name, choose_blend
+
+    def entry(r1: float, r5: float, r10: float, tau_c: float, tau_b: float) -> dict:
+        return {"retrieval_non_child": {"R@1": r1, "R@5": r5, "R@10": r10},
+                "score": {"expert_tau_c": tau_c, "crowd_tau_b": tau_b}}
+
+    blends = ((0.0, 1.0), (1.0, 0.0), (1.0, 3.0))
+    metrics = {"blends": {_blend_name(0.0, 1.0): entry(51.6, 85.9, 93.7, 0.566, 0.338),
+                          _blend_name(1.0, 0.0): entry(51.8, 85.8, 93.7, 0.614, 0.347),
+                          _blend_name(1.0, 3.0): entry(52.2, 86.0, 94.0, 0.603, 0.349)}}
+    assert choose_blend(metrics, blends, tolerance=0.0) == 2  # logit alone loses 0.1 R@5: not allowed
+    assert choose_blend(metrics, blends, tolerance=0.5) == 1
