@@ -1,10 +1,12 @@
 """Relevance head: (projected image, projected text) -> calibrated score in [0, 1] ("how well the text fits").
 
 Features of a pair in the shared space: [cosine, z_img * z_txt, optional caption-memory kNN feature and its
-per-dimension products z_txt * pseudo_caption]. A logistic regression on soft targets
-(expert mean grade, crowd share, own caption = 1, sampled mismatches = 0; each soft row split into a positive
-and a negative row weighted t and 1 - t) gives a logit; isotonic regression fitted on out-of-fold logits maps it to
-a calibrated probability. The product ranks AND scores by one key, a validated blend a*logit + b*cosine
+per-dimension products z_txt * pseudo_caption]. A linear logit is fitted on soft targets (expert mean grade;
+optionally crowd share, own caption = 1, sampled mismatches = 0) with either a logistic regression (`fit_logistic`)
+or, by default, the same soft-target loss plus a listwise term that ranks each validation caption's own image first
+among its nearest candidates (`fit_listwise`, torch at training time only); isotonic regression fitted on out-of-fold
+logits maps it to a
+calibrated probability. The product ranks AND scores by one key, a validated blend a*logit + b*cosine
 (RetrievalModel.rank_key), calibrated isotonically (RetrievalModel.score), so listed scores decrease with rank.
 `Reranker.score` calibrates a (1, 0) blend only. Applying the head is numpy only (dot products and a table lookup).
 """
@@ -176,6 +178,46 @@ def fit_logistic(feats: np.ndarray, target: np.ndarray, weight: np.ndarray | Non
     model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     model.fit(x[keep], y[keep], sample_weight=sw[keep])
     return model.coef_[0].astype(np.float32), float(model.intercept_[0])
+
+
+def fit_listwise(feats: np.ndarray, target: np.ndarray, weight: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]],
+                 rank_weight: float = 0.3, weight_decay: float = 1e-4, steps: int = 200, lr: float = 0.05,
+                 seed: int = 0) -> tuple[FloatArray, float]:
+    """Linear head trained on soft-target BCE over graded rows PLUS a listwise softmax loss that puts each caption's own
+    image first among its candidates, so the logit alone both ranks and scores.
+
+    lists: [(F (n_query, k, n_feat), position of the right image (n_query,))] with pair_features of each query's
+    candidates (the BCE alone orders graded pairs well but ranks own images lower than the cosine does).
+    The listwise logits get their own learned scale; the L2 penalty spares the first two (cosine, kNN) coefficients.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    n_feat = feats.shape[1]
+    keep = np.asarray(weight) > 0
+    x = torch.tensor(np.asarray(feats, np.float32)[keep])
+    t = torch.tensor(np.clip(np.asarray(target, np.float32)[keep], 0.0, 1.0))
+    w = torch.tensor(np.asarray(weight, np.float32)[keep])
+    groups = [(torch.tensor(np.ascontiguousarray(f, np.float32).reshape(-1, n_feat)), torch.tensor(np.asarray(p, np.int64)), f.shape[1])
+              for f, p in lists if len(p)]
+    n_queries = sum(len(p) for _, p, _ in groups)
+    coef = torch.zeros(n_feat)
+    coef[0] = 3.0
+    coef.requires_grad_(True)
+    icpt = torch.zeros((), requires_grad=True)
+    log_scale = torch.tensor(2.0, requires_grad=True)
+    opt = torch.optim.Adam([coef, icpt, log_scale], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(x @ coef + icpt, t, weight=w, reduction="sum") / w.sum()
+        loss = bce + weight_decay * (coef[2:] ** 2).sum()
+        if groups and rank_weight > 0:
+            ce = sum(torch.nn.functional.cross_entropy((f @ coef).reshape(-1, k) * torch.exp(log_scale), p, reduction="sum")
+                     for f, p, k in groups)
+            loss = loss + rank_weight * ce / n_queries
+        loss.backward()
+        opt.step()
+    return coef.detach().numpy().astype(np.float32), float(icpt.detach())
 
 
 # ------------------------------------------------------------------------------------------- calibration metrics

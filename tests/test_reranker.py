@@ -112,3 +112,23 @@ def test_logit_grid_equals_the_per_pair_logits_with_and_without_knn_products():
         assert grid.shape == (3, 7)
         for q in range(3):
             np.testing.assert_allclose(grid[q], rr.logit(zi, zt[q]), rtol=1e-5, atol=1e-5)
+
+
+def test_listwise_term_teaches_the_ranking_that_graded_rows_do_not_show():
+    from retrieval.reranker import fit_listwise
+
+    rng = np.random.default_rng(7)
+    n_feat = 5
+    # graded rows: target depends on feature 0 only; lists: the right candidate stands out on feature 3
+    x = rng.normal(size=(400, n_feat)).astype(np.float32)
+    target = 1 / (1 + np.exp(-2 * x[:, 0]))
+    lists_f = rng.normal(size=(200, 10, n_feat)).astype(np.float32)
+    pos = rng.integers(0, 10, 200)
+    lists_f[np.arange(200), pos, 3] += 3.0
+    w = np.ones(400, np.float32)
+    coef, icpt = fit_listwise(x, target, w, [(lists_f, pos)], rank_weight=0.0, steps=300)
+    np.testing.assert_allclose(coef, [2.0, 0.0, 0.0, 0.0, 0.0], atol=0.1)  # plain soft-target fit: target = sigmoid(2 x0)
+    assert np.mean((lists_f @ coef).argmax(axis=1) == pos) < 0.3
+    coef, icpt = fit_listwise(x, target, w, [(lists_f, pos)], rank_weight=1.0, steps=300)
+    assert np.mean((lists_f @ coef).argmax(axis=1) == pos) > 0.8
+    assert coef[0] > 0.2  # the graded signal is still used

@@ -57,3 +57,16 @@ def test_choose_blend_never_lowers_recall_without_tolerance():
                           _blend_name(1.0, 3.0): entry(52.2, 86.0, 94.0, 0.603, 0.349)}}
     assert choose_blend(metrics, blends, tolerance=0.0) == 2  # logit alone loses 0.1 R@5: not allowed
     assert choose_blend(metrics, blends, tolerance=0.5) == 1
+
+
+def test_ranking_list_holds_each_querys_own_image_at_the_reported_position():
+    from retrieval.train import HeadConfig, ranking_list
+
+    rng = np.random.default_rng(3)
+    zi = rng.normal(size=(12, 4)).astype(np.float32)
+    zi /= np.linalg.norm(zi, axis=1, keepdims=True)
+    zt = -zi[:5]  # own images are the least similar: they must be forced into the list
+    target = np.arange(5)
+    feats, pos = ranking_list(zi, zt, target, None, HeadConfig(rank_candidates=3))
+    assert feats.shape == (5, 3, 1 + 4)
+    np.testing.assert_allclose(feats[np.arange(5), pos, 0], -1.0, atol=1e-5)  # cosine of each own pair
