@@ -43,11 +43,10 @@ class HeadConfig:
     neg_per_pos: int = 2
     logistic_c: float = 3.0
     #: row weights of the reranker fit by kind (own caption / mismatch, expert, crowd); every allowed row calibrates.
-    #: Expert rows carry the tau; own captions and mismatches at 0.1 keep the logit a good ranker, so the blend that
-    #: does not lower R@K can give the logit more weight (10-fold, non-child: expert-only C=1, strict blend
-    #: 1*logit+20*cos: tau-c .583 / tau-b .344; this recipe 1*logit+3*cos: .603 / .349 at R@1/5/10 52.2/86.0/94.0 vs
-    #: cosine 51.6/85.9/93.7). Crowd rows lower tau-c more than they raise tau-b.
-    caption_row_weight: float = 0.1
+    #: Expert rows carry the tau (crowd rows lower tau-c more than they raise tau-b). Without the listwise term, own
+    #: captions at 0.1 with C=3 were the best logistic recipe (strict blend 1*logit+3*cos: tau-c .603 / tau-b .349 at
+    #: R@1/5/10 52.2/86.0/94.0; expert only C=1: 1*logit+20*cos, .583 / .344).
+    caption_row_weight: float = 0.0
     expert_row_weight: float = 1.0
     crowd_row_weight: float = 0.0
     #: caption-memory kNN feature: neighbours (0 = off) and softmax temperature
@@ -63,10 +62,11 @@ class HeadConfig:
     #: Among those, the one with the best expert tau-c + crowd tau-b becomes the single ranking AND score key.
     recall_tolerance: float = 0.0
     #: listwise term of the reranker fit (0 = logistic only): softmax over each OOF validation caption's
-    #: `rank_candidates` nearest allowed gallery images (cosine) pushing its own image first (reranker.fit_listwise).
-    #: Off: at 0.3 (expert rows only) the logit alone ranks well (52.5/85.8/93.8) but the strict blend 1*logit+2*cos
-    #: reached only tau-c .596 / tau-b .348, below the logistic recipe above.
-    rank_loss_weight: float = 0.0
+    #: `rank_candidates` nearest allowed gallery images (cosine) pushing its own image first (reranker.fit_listwise),
+    #: so the logit itself ranks as well as the cosine. 10-fold, non-child: 0.1 -> logit alone 52.0/85.9/93.9,
+    #: tau-c .614 / tau-b .348; chosen strict blend 1*logit+1*cos 52.1/86.0/93.9, .609 / .349 (cosine 51.6/85.9/93.7).
+    #: 0.3 ranks better (logit alone 52.5/85.8/93.8) but its strict blend only reaches .596 / .348.
+    rank_loss_weight: float = 0.1
     rank_candidates: int = 20
     rank_steps: int = 200
     rank_weight_decay: float = 1e-4
