@@ -1,9 +1,12 @@
 """Relevance head: (projected image, projected text) -> calibrated score in [0, 1] ("how well the text fits").
 
-Features of a pair in the shared space: [cosine, z_img * z_txt, optional caption-memory kNN feature]. A logistic regression on soft targets
-(expert mean grade, crowd share, own caption = 1, sampled mismatches = 0; each soft row split into a positive
-and a negative row weighted t and 1 - t) gives a logit; isotonic regression fitted on out-of-fold logits maps it to
-a calibrated probability. The product ranks AND scores by one key, a validated blend a*logit + b*cosine
+Features of a pair in the shared space: [cosine, z_img * z_txt, optional caption-memory kNN feature and its
+per-dimension products z_txt * pseudo_caption]. A linear logit is fitted on soft targets (expert mean grade;
+optionally crowd share, own caption = 1, sampled mismatches = 0) with either a logistic regression (`fit_logistic`)
+or, by default, the same soft-target loss plus a listwise term that ranks each validation caption's own image first
+among its nearest candidates (`fit_listwise`, torch at training time only); isotonic regression fitted on out-of-fold
+logits maps it to a
+calibrated probability. The product ranks AND scores by one key, a validated blend a*logit + b*cosine
 (RetrievalModel.rank_key), calibrated isotonically (RetrievalModel.score), so listed scores decrease with rank.
 `Reranker.score` calibrates a (1, 0) blend only. Applying the head is numpy only (dot products and a table lookup).
 """
@@ -41,14 +44,39 @@ class CaptionMemory:
         return np.einsum("nk,nkd->nd", w, self.caption_mean[top]).astype(np.float32)
 
 
-def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | None = None) -> np.ndarray:
-    """(n, d) x (n, d) L2-normalised (either may be a single broadcast row) -> [cosine, z_img * z_txt, (knn)]."""
+def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | None = None,
+                  knn_products: bool = False) -> np.ndarray:
+    """(n, d) x (n, d) L2-normalised (either may be a single broadcast row) -> features of each pair.
+
+    Layout: [cosine, z_img * z_txt (d), knn] with a memory, then z_txt * pseudo_caption (d) when `knn_products`
+    (per-dimension weights on the caption-memory match, as z_img * z_txt does for the cosine: +.004 expert tau-c).
+    """
     img_z, txt_z = np.atleast_2d(np.asarray(img_z, np.float32)), np.atleast_2d(np.asarray(txt_z, np.float32))
     prod = img_z * txt_z
     parts = [prod.sum(axis=1, keepdims=True), prod]
     if memory is not None:
-        parts.append(np.sum(memory.pseudo_caption(img_z) * txt_z, axis=1, keepdims=True))
+        kp = memory.pseudo_caption(img_z) * txt_z
+        parts.append(kp.sum(axis=1, keepdims=True))
+        if knn_products:
+            parts.append(kp)
     return np.concatenate(parts, axis=1)
+
+
+def logit_grid(coef: np.ndarray, intercept: float, txt_z: np.ndarray, img_z: np.ndarray,
+               pseudo: np.ndarray | None = None) -> FloatArray:
+    """Logits of every (text, image) pair, (n_txt, n_img), without building the per-pair feature rows.
+
+    Same coefficients and layout as `pair_features` (pseudo = memory.pseudo_caption(img_z), None without memory);
+    validation ranks whole galleries with it.
+    """
+    txt_z, img_z = np.asarray(txt_z, np.float32), np.asarray(img_z, np.float32)
+    d = img_z.shape[1]
+    out = (txt_z * coef[1 : 1 + d]) @ img_z.T + coef[0] * (txt_z @ img_z.T) + intercept
+    if pseudo is not None:
+        out += coef[1 + d] * (txt_z @ pseudo.T)
+        if len(coef) == 2 + 2 * d:
+            out += (txt_z * coef[2 + d : 2 + 2 * d]) @ pseudo.T
+    return out.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -94,10 +122,15 @@ class Reranker:
     calibration: Calibration
     memory: CaptionMemory | None = None
 
+    def uses_knn_products(self) -> bool:
+        """True when coef covers [cos, d products, knn, d knn products] (older models stop after knn)."""
+        return self.memory is not None and len(self.coef) == 2 + 2 * self.memory.img_z.shape[1]
+
     def logit(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
-        if self.memory is not None and self.coef[-1] == 0.0:  # kNN term switched off: skip its cost
+        if self.memory is not None and not self.uses_knn_products() and self.coef[-1] == 0.0:  # kNN term off: skip its cost
             return (pair_features(img_z, txt_z) @ self.coef[:-1] + self.intercept).astype(np.float32)
-        return (pair_features(img_z, txt_z, self.memory) @ self.coef + self.intercept).astype(np.float32)
+        feats = pair_features(img_z, txt_z, self.memory, self.uses_knn_products())
+        return (feats @ self.coef + self.intercept).astype(np.float32)
 
     def score(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
         return self.calibration(self.logit(img_z, txt_z))
@@ -145,6 +178,46 @@ def fit_logistic(feats: np.ndarray, target: np.ndarray, weight: np.ndarray | Non
     model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     model.fit(x[keep], y[keep], sample_weight=sw[keep])
     return model.coef_[0].astype(np.float32), float(model.intercept_[0])
+
+
+def fit_listwise(feats: np.ndarray, target: np.ndarray, weight: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]],
+                 rank_weight: float = 0.3, weight_decay: float = 1e-4, steps: int = 200, lr: float = 0.05,
+                 seed: int = 0) -> tuple[FloatArray, float]:
+    """Linear head trained on soft-target BCE over graded rows PLUS a listwise softmax loss that puts each caption's own
+    image first among its candidates, so the logit alone both ranks and scores.
+
+    lists: [(F (n_query, k, n_feat), position of the right image (n_query,))] with pair_features of each query's
+    candidates (the BCE alone orders graded pairs well but ranks own images lower than the cosine does).
+    The listwise logits get their own learned scale; the L2 penalty spares the first two (cosine, kNN) coefficients.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    n_feat = feats.shape[1]
+    keep = np.asarray(weight) > 0
+    x = torch.tensor(np.asarray(feats, np.float32)[keep])
+    t = torch.tensor(np.clip(np.asarray(target, np.float32)[keep], 0.0, 1.0))
+    w = torch.tensor(np.asarray(weight, np.float32)[keep])
+    groups = [(torch.tensor(np.ascontiguousarray(f, np.float32).reshape(-1, n_feat)), torch.tensor(np.asarray(p, np.int64)), f.shape[1])
+              for f, p in lists if len(p)]
+    n_queries = sum(len(p) for _, p, _ in groups)
+    coef = torch.zeros(n_feat)
+    coef[0] = 3.0
+    coef.requires_grad_(True)
+    icpt = torch.zeros((), requires_grad=True)
+    log_scale = torch.tensor(2.0, requires_grad=True)
+    opt = torch.optim.Adam([coef, icpt, log_scale], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(x @ coef + icpt, t, weight=w, reduction="sum") / w.sum()
+        loss = bce + weight_decay * (coef[2:] ** 2).sum()
+        if groups and rank_weight > 0:
+            ce = sum(torch.nn.functional.cross_entropy((f @ coef).reshape(-1, k) * torch.exp(log_scale), p, reduction="sum")
+                     for f, p, k in groups)
+            loss = loss + rank_weight * ce / n_queries
+        loss.backward()
+        opt.step()
+    return coef.detach().numpy().astype(np.float32), float(icpt.detach())
 
 
 # ------------------------------------------------------------------------------------------- calibration metrics

@@ -19,7 +19,8 @@ import numpy as np
 from retrieval.features import CourseEmbeddings, course_embeddings
 from retrieval.model import ModelConfig, RetrievalModel
 from retrieval.projection import LinearProjection, Pairs, fit_cca, fit_contrastive
-from retrieval.reranker import CaptionMemory, Reranker, build_memory, fit_calibration, fit_logistic, pair_features
+from retrieval.reranker import (CaptionMemory, Reranker, build_memory, fit_calibration, fit_listwise, fit_logistic,
+                                logit_grid, pair_features)
 from retrieval.validation import (CoursePairs, course_pairs, image_folds, mean_metrics, reranker_quality,
                                   restricted_images, retrieval_metrics, train_mask_for)
 
@@ -40,22 +41,38 @@ class HeadConfig:
     power: float = 1.0
     contrastive_epochs: int = 0
     neg_per_pos: int = 2
-    logistic_c: float = 1.0
-    #: row weights of the logistic fit by kind (own caption / mismatch, expert, crowd); every allowed row calibrates.
-    #: Expert rows only gave the best out-of-fold expert tau-c at equal crowd tau-b (ML notes 16:52).
+    logistic_c: float = 3.0
+    #: row weights of the reranker fit by kind (own caption / mismatch, expert, crowd); every allowed row calibrates.
+    #: Expert rows carry the tau (crowd rows lower tau-c more than they raise tau-b). Without the listwise term, own
+    #: captions at 0.1 with C=3 were the best logistic recipe (strict blend 1*logit+3*cos: tau-c .603 / tau-b .349 at
+    #: R@1/5/10 52.2/86.0/94.0; expert only C=1: 1*logit+20*cos, .583 / .344).
     caption_row_weight: float = 0.0
     expert_row_weight: float = 1.0
     crowd_row_weight: float = 0.0
     #: caption-memory kNN feature: neighbours (0 = off) and softmax temperature
     knn_k: int = 10
     knn_temperature: float = 0.05
+    #: per-dimension weights on the kNN match too (z_txt * pseudo_caption, d more coefficients): expert-only logit
+    #: tau-c .617 -> .621 out of fold (crowd tau-b .347 both)
+    knn_products: bool = True
     n_folds: int = 10
     #: ranking/score key candidates a * reranker_logit + b * cosine; (0, 1) = plain cosine must be present
-    #: a blend may rank at most this many points of non-child R@1/5/10 below plain cosine (fold noise ~0.5-1 point);
-    #: among those, the one with the best expert tau-c + crowd tau-b becomes the single ranking AND score key.
-    recall_tolerance: float = 0.5
-    blends: tuple[tuple[float, float], ...] = ((0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (1.0, 3.0), (1.0, 5.0), (1.0, 10.0),
-                                               (1.0, 20.0), (1.0, 30.0), (1.0, 50.0), (1.0, 100.0))
+    #: a blend may rank at most this many points of non-child R@1/5/10 below plain cosine; 0: the reranker must not
+    #: lower R@K (0.5 would pick the logit alone here: tau-c .614 / tau-b .347 at R@5 -0.1).
+    #: Among those, the one with the best expert tau-c + crowd tau-b becomes the single ranking AND score key.
+    recall_tolerance: float = 0.0
+    #: listwise term of the reranker fit (0 = logistic only): softmax over each OOF validation caption's
+    #: `rank_candidates` nearest allowed gallery images (cosine) pushing its own image first (reranker.fit_listwise),
+    #: so the logit itself ranks as well as the cosine. 10-fold, non-child: 0.1 -> logit alone 52.0/85.9/93.9,
+    #: tau-c .614 / tau-b .348; chosen strict blend 1*logit+1*cos 52.1/86.0/93.9, .609 / .349 (cosine 51.6/85.9/93.7).
+    #: 0.3 ranks better (logit alone 52.5/85.8/93.8) but its strict blend only reaches .596 / .348.
+    rank_loss_weight: float = 0.1
+    rank_candidates: int = 20
+    rank_steps: int = 200
+    rank_weight_decay: float = 1e-4
+    blends: tuple[tuple[float, float], ...] = ((0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (1.0, 3.0), (1.0, 4.0),
+                                               (1.0, 5.0), (1.0, 6.0), (1.0, 8.0), (1.0, 10.0), (1.0, 15.0), (1.0, 20.0),
+                                               (1.0, 30.0), (1.0, 50.0), (1.0, 100.0))
 
 
 def fit_projection(img_x: np.ndarray, txt_x: np.ndarray, pairs: Pairs, cfg: HeadConfig, seed: int = 0) -> LinearProjection:
@@ -72,6 +89,25 @@ def caption_memory(emb: CourseEmbeddings, proj: LinearProjection, pairs: Pairs, 
     imgs, row = np.unique(pairs.img, return_inverse=True)
     return build_memory(proj.project_images(emb.image_feats[imgs]), proj.project_texts(emb.text_feats[pairs.txt]),
                         row, cfg.knn_k, cfg.knn_temperature)
+
+
+def ranking_list(zi: np.ndarray, zt: np.ndarray, target: np.ndarray, memory: CaptionMemory | None,
+                 cfg: HeadConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Features of each query's `rank_candidates` most cosine-similar gallery images (its own image always included)
+    -> (F (n_query, k, n_feat), position of the own image)."""
+    k = min(cfg.rank_candidates, zi.shape[0])
+    top = np.argsort(-(zt @ zi.T), axis=1, kind="stable")[:, :k]
+    missing = ~(top == target[:, None]).any(axis=1)
+    top[missing, -1] = target[missing]
+    feats = pair_features(zi[top.reshape(-1)], np.repeat(zt, k, axis=0), memory, cfg.knn_products)
+    return feats.reshape(len(zt), k, -1).astype(np.float32), (top == target[:, None]).argmax(axis=1)
+
+
+def _fit_head(X: np.ndarray, target: np.ndarray, weight: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]],
+              cfg: HeadConfig, seed: int) -> tuple[np.ndarray, float]:
+    if cfg.rank_loss_weight > 0 and lists:
+        return fit_listwise(X, target, weight, lists, cfg.rank_loss_weight, cfg.rank_weight_decay, cfg.rank_steps, seed=seed)
+    return fit_logistic(X, target, weight, c=cfg.logistic_c, seed=seed)
 
 
 def _row_weights(rows: "Rows", cfg: HeadConfig) -> np.ndarray:
@@ -140,7 +176,7 @@ def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text
     """Returns (metrics, OOF features, rows, OOF keys per blend (n_blend, n_rows), fold id per row)."""
     folds = image_folds(cp.n_images, min(cfg.n_folds, cp.n_images), seed)
     rng = np.random.default_rng(seed)
-    fold_data, feats, rows_list, fold_of = [], [], [], []
+    fold_data, feats, rows_list, fold_of, lists = [], [], [], [], []
     for f, (tr, va) in enumerate(folds):
         img_ok, txt_ok = train_mask_for(ev, tr)
         if rule:
@@ -155,8 +191,15 @@ def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text
         zt = proj.project_texts(emb.text_feats[ev.caption_txt[qm]])
         pseudo = memory.pseudo_caption(zi) if memory is not None else None
         fold_data.append((zi, zt, col[ev.caption_img[qm]], ~text_child[ev.caption_txt[qm]], pseudo))
+        if cfg.rank_loss_weight > 0:  # listwise training data: allowed queries against allowed gallery images only
+            ok_img = ~restricted[va] if rule else np.ones(len(va), bool)
+            q_ok = ~text_child[ev.caption_txt[qm]] & ok_img[col[ev.caption_img[qm]]] if rule else np.ones(int(qm.sum()), bool)
+            gcol = np.cumsum(ok_img) - 1
+            if q_ok.any():
+                lists.append(ranking_list(zi[ok_img], zt[q_ok], gcol[col[ev.caption_img[qm]][q_ok]], memory, cfg))
         rows = reranker_rows(ev, va, rng, cfg.neg_per_pos)
-        feats.append(pair_features(proj.project_images(emb.image_feats[rows.img]), proj.project_texts(emb.text_feats[rows.txt]), memory))
+        feats.append(pair_features(proj.project_images(emb.image_feats[rows.img]), proj.project_texts(emb.text_feats[rows.txt]), memory,
+                                   cfg.knn_products))
         rows_list.append(rows)
         fold_of.append(np.full(len(rows.img), f))
         if progress:
@@ -169,14 +212,11 @@ def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text
     keys = np.zeros((n_blend, len(rows.img)), np.float32)
     per_blend: list[list[tuple[dict, dict]]] = [[] for _ in cfg.blends]
     weight = _row_weights(rows, cfg)
-    d = fold_data[0][0].shape[1]
     for f, (zi, zt, tgt, nc, pseudo) in enumerate(fold_data):
         train = (fold_id != f) & allowed & (weight > 0)
-        coef, icpt = fit_logistic(X[train], rows.target[train], weight[train], c=cfg.logistic_c, seed=seed)
+        coef, icpt = _fit_head(X[train], rows.target[train], weight[train], lists[:f] + lists[f + 1 :], cfg, seed)
         cos = zt @ zi.T
-        lg = (zt * coef[1 : 1 + d]) @ zi.T + coef[0] * cos + icpt
-        if pseudo is not None:
-            lg += coef[1 + d] * (zt @ pseudo.T)
+        lg = logit_grid(coef, icpt, zt, zi, pseudo)
         for j, (a, b) in enumerate(cfg.blends):
             keys[j, fold_id == f] = a * (X[fold_id == f] @ coef + icpt) + b * X[fold_id == f, 0]
             sim = a * lg + b * cos
@@ -194,6 +234,7 @@ def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text
             "score": reranker_quality(ev, rows, prob, keys[j], X[:, 0], text_child, restricted, allowed),
         }
     metrics["_oof_prob"] = probs  # popped by train_model (not JSON)
+    metrics["_lists"] = lists
     return metrics, X, rows, keys, fold_id
 
 
@@ -241,6 +282,7 @@ def train_model(
         f"({int(text_child.sum())} mention children); training rule {'ON' if rule else 'OFF'}")
     metrics, X, rows, keys, fold_id = cross_validate(emb, cp, ev, text_child, restricted, rule, cfg, seed, say)
     oof_prob = metrics.pop("_oof_prob")
+    lists = metrics.pop("_lists")
     allowed = ~restricted[rows.img] & ~text_child[rows.txt] if rule else np.ones(len(rows.img), bool)
     # One key ranks AND scores: key = a * logit + b * cosine, the blend with the best taus among those that do not
     # lower non-child R@1/5/10 against plain cosine (beyond cfg.recall_tolerance); score = isotonic(key). So hits
@@ -265,7 +307,7 @@ def train_model(
     proj = fit_projection(emb.image_feats, emb.text_feats, pairs, cfg, seed)
     weight = _row_weights(rows, cfg)
     fit_rows = allowed & (weight > 0)
-    coef, icpt = fit_logistic(X[fit_rows], rows.target[fit_rows], weight[fit_rows], c=cfg.logistic_c, seed=seed)
+    coef, icpt = _fit_head(X[fit_rows], rows.target[fit_rows], weight[fit_rows], lists, cfg, seed)
     reranker = Reranker(coef.astype(np.float32), icpt, fit_calibration(keys[j, allowed], rows.target[allowed]),
                         caption_memory(emb, proj, pairs, cfg))
     image_probe, text_probe = _probes(emb, ev, text_child, seed, say)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.reranker import Calibration, Reranker, brier, ece, fit_calibration, fit_logistic, pair_features
+from retrieval.reranker import (Calibration, Reranker, brier, ece, fit_calibration, fit_logistic, logit_grid,
+                                pair_features)
 
 
 def test_calibration_range_and_monotone():
@@ -62,3 +63,72 @@ def test_reliability_plot_is_written(tmp_path):
     p = rng.random(500)
     plot_reliability(p, (rng.random(500) < p).astype(float), tmp_path / "rel.png")
     assert (tmp_path / "rel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _memory_reranker(rng: np.random.Generator, d: int, knn_products: bool) -> tuple[Reranker, np.ndarray, np.ndarray]:
+    from retrieval.reranker import build_memory
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    mem = build_memory(unit(rng.normal(size=(20, d))), unit(rng.normal(size=(40, d))), np.repeat(np.arange(20), 2), k=3)
+    n_coef = 2 + d + (d if knn_products else 0)
+    rr = Reranker(rng.normal(size=n_coef).astype(np.float32), 0.3,
+                  Calibration(np.array([-10.0, 10.0], np.float32), np.array([0.0, 1.0], np.float32)), mem)
+    return rr, unit(rng.normal(size=(7, d))), unit(rng.normal(size=(7, d)))
+
+
+def test_knn_products_are_the_text_times_pseudo_caption_and_drive_the_logit():
+    rng = np.random.default_rng(4)
+    d = 6
+    rr, zi, zt = _memory_reranker(rng, d, knn_products=True)
+    feats = pair_features(zi, zt, rr.memory, knn_products=True)
+    assert feats.shape == (7, 2 + 2 * d)
+    kp = rr.memory.pseudo_caption(zi) * zt
+    np.testing.assert_allclose(feats[:, 2 + d :], kp, atol=1e-6)
+    np.testing.assert_allclose(feats[:, 1 + d], kp.sum(axis=1), atol=1e-6)
+    assert rr.uses_knn_products()
+    np.testing.assert_allclose(rr.logit(zi, zt), feats @ rr.coef + 0.3, rtol=1e-5, atol=1e-5)
+    again = Reranker.from_tensors(rr.to_tensors())
+    assert again.uses_knn_products()
+    np.testing.assert_array_equal(again.logit(zi, zt), rr.logit(zi, zt))
+
+
+def test_models_without_knn_products_keep_their_feature_layout():
+    rng = np.random.default_rng(5)
+    d = 6
+    rr, zi, zt = _memory_reranker(rng, d, knn_products=False)
+    assert not rr.uses_knn_products()
+    feats = pair_features(zi, zt, rr.memory)
+    assert feats.shape == (7, 2 + d)
+    np.testing.assert_allclose(rr.logit(zi, zt), feats @ rr.coef + 0.3, rtol=1e-5, atol=1e-5)
+
+
+def test_logit_grid_equals_the_per_pair_logits_with_and_without_knn_products():
+    rng = np.random.default_rng(6)
+    for knn_products in (True, False):
+        rr, zi, zt = _memory_reranker(rng, 6, knn_products)
+        grid = logit_grid(rr.coef, rr.intercept, zt[:3], zi, rr.memory.pseudo_caption(zi))
+        assert grid.shape == (3, 7)
+        for q in range(3):
+            np.testing.assert_allclose(grid[q], rr.logit(zi, zt[q]), rtol=1e-5, atol=1e-5)
+
+
+def test_listwise_term_teaches_the_ranking_that_graded_rows_do_not_show():
+    from retrieval.reranker import fit_listwise
+
+    rng = np.random.default_rng(7)
+    n_feat = 5
+    # graded rows: target depends on feature 0 only; lists: the right candidate stands out on feature 3
+    x = rng.normal(size=(400, n_feat)).astype(np.float32)
+    target = 1 / (1 + np.exp(-2 * x[:, 0]))
+    lists_f = rng.normal(size=(200, 10, n_feat)).astype(np.float32)
+    pos = rng.integers(0, 10, 200)
+    lists_f[np.arange(200), pos, 3] += 3.0
+    w = np.ones(400, np.float32)
+    coef, icpt = fit_listwise(x, target, w, [(lists_f, pos)], rank_weight=0.0, steps=300)
+    np.testing.assert_allclose(coef, [2.0, 0.0, 0.0, 0.0, 0.0], atol=0.1)  # plain soft-target fit: target = sigmoid(2 x0)
+    assert np.mean((lists_f @ coef).argmax(axis=1) == pos) < 0.3
+    coef, icpt = fit_listwise(x, target, w, [(lists_f, pos)], rank_weight=1.0, steps=300)
+    assert np.mean((lists_f @ coef).argmax(axis=1) == pos) > 0.8
+    assert coef[0] > 0.2  # the graded signal is still used

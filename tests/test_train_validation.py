@@ -42,3 +42,31 @@ def test_retrieval_metrics_ranks():
     m = retrieval_metrics(sim, np.array([0, 1, 2]))
     assert abs(m["R@1"] - 100 / 3) < 1e-9 and m["medR"] == 3.0
     assert abs(m["MRR"] - (1 + 1 / 3 + 1 / 3) / 3) < 1e-9
+
+
+def test_choose_blend_never_lowers_recall_without_tolerance():
+    from retrieval.train import _blend_name, choose_blend
+
+    def entry(r1: float, r5: float, r10: float, tau_c: float, tau_b: float) -> dict:
+        return {"retrieval_non_child": {"R@1": r1, "R@5": r5, "R@10": r10},
+                "score": {"expert_tau_c": tau_c, "crowd_tau_b": tau_b}}
+
+    blends = ((0.0, 1.0), (1.0, 0.0), (1.0, 3.0))
+    metrics = {"blends": {_blend_name(0.0, 1.0): entry(51.6, 85.9, 93.7, 0.566, 0.338),
+                          _blend_name(1.0, 0.0): entry(51.8, 85.8, 93.7, 0.614, 0.347),
+                          _blend_name(1.0, 3.0): entry(52.2, 86.0, 94.0, 0.603, 0.349)}}
+    assert choose_blend(metrics, blends, tolerance=0.0) == 2  # logit alone loses 0.1 R@5: not allowed
+    assert choose_blend(metrics, blends, tolerance=0.5) == 1
+
+
+def test_ranking_list_holds_each_querys_own_image_at_the_reported_position():
+    from retrieval.train import HeadConfig, ranking_list
+
+    rng = np.random.default_rng(3)
+    zi = rng.normal(size=(12, 4)).astype(np.float32)
+    zi /= np.linalg.norm(zi, axis=1, keepdims=True)
+    zt = -zi[:5]  # own images are the least similar: they must be forced into the list
+    target = np.arange(5)
+    feats, pos = ranking_list(zi, zt, target, None, HeadConfig(rank_candidates=3))
+    assert feats.shape == (5, 3, 1 + 4)
+    np.testing.assert_allclose(feats[np.arange(5), pos, 0], -1.0, atol=1e-5)  # cosine of each own pair
