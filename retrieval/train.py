@@ -310,7 +310,7 @@ def train_model(
     coef, icpt = _fit_head(X[fit_rows], rows.target[fit_rows], weight[fit_rows], lists, cfg, seed)
     reranker = Reranker(coef.astype(np.float32), icpt, fit_calibration(keys[j, allowed], rows.target[allowed]),
                         caption_memory(emb, proj, pairs, cfg))
-    image_probe, text_probe = _probes(emb, ev, text_child, seed, say)
+    image_probe, text_probe = _probes(emb, ev, text_child, seed, say, text_encoder)
     from retrieval.encoders import build_image_encoder, build_text_encoder
 
     ienc = build_image_encoder(image_encoder, views=tuple(views))
@@ -340,7 +340,8 @@ def train_model(
     return metrics
 
 
-def _probes(emb: CourseEmbeddings, ev: CoursePairs, text_child: np.ndarray, seed: int, say: Progress) -> tuple[Any, Any]:
+def _probes(emb: CourseEmbeddings, ev: CoursePairs, text_child: np.ndarray, seed: int, say: Progress,
+            text_encoder: str) -> tuple[Any, Any]:
     """Child probes from the POLICY module (image label: any own caption mentions a child)."""
     try:
         from retrieval.policy.classifiers import train_image_probe, train_text_probe
@@ -355,5 +356,9 @@ def _probes(emb: CourseEmbeddings, ev: CoursePairs, text_child: np.ndarray, seed
     say(f"child image probe: {', '.join(f'{k} {v:.3f}' for k, v in m.items() if isinstance(v, float))}")
     owner = ev.text_owner
     groups = np.where(owner >= 0, owner, -1 - np.arange(len(owner)))
-    text_probe = train_text_probe(emb.text_feats, text_child, groups=groups, n_splits=n_splits, seed=seed)
+    from retrieval.policy.train import TEXT_QUERY_FPR, training_queries
+
+    say("child text probe: captions + hand-labelled training queries (retrieval/policy/child_queries_train.tsv)")
+    text_probe = train_text_probe(emb.text_feats, text_child, groups=groups, n_splits=n_splits, seed=seed,
+                                  max_fpr=TEXT_QUERY_FPR, queries=training_queries(text_encoder))
     return image_probe, text_probe

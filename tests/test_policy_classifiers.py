@@ -101,3 +101,24 @@ def test_pr_plot_is_written(tmp_path) -> None:
     X, y = _blobs()
     out = plot_child_pr({"probe": (y, X[:, 0])}, tmp_path / "pr.png", {"probe": 0.0})
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_probe_with_labelled_queries_sets_threshold_on_adult_queries_the_lexicon_misses() -> None:
+    from retrieval.policy.classifiers import LabelledQueries, train_text_probe
+
+    rng = np.random.default_rng(0)
+    d = 16
+    direction = np.zeros(d, np.float32)
+    direction[0] = 3.0
+    caps_y = rng.random(400) < 0.3
+    caps = rng.normal(size=(400, d)).astype(np.float32) + np.outer(caps_y, direction)
+    q_y = rng.random(300) < 0.4
+    q = rng.normal(size=(300, d)).astype(np.float32) + np.outer(q_y, direction)
+    lexicon = q_y & (rng.random(300) < 0.5)  # the lexicon catches half of the child queries and no adult one
+    probe = train_text_probe(caps, caps_y, C=1.0, max_fpr=0.1,
+                             queries=LabelledQueries(q, q_y, lexicon), query_weight=3.0)
+    fresh_y = rng.random(2000) < 0.5
+    fresh = rng.normal(size=(2000, d)).astype(np.float32) + np.outer(fresh_y, direction)
+    blocked = probe.predict(fresh)
+    assert 0.02 < blocked[~fresh_y].mean() < 0.25  # the threshold targets ~10 % of adult queries the lexicon misses
+    assert blocked[fresh_y].mean() > 0.8

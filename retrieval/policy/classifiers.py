@@ -26,7 +26,7 @@ from retrieval.policy.lexicon import mentions_child
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
 
-__all__ = ["LinearProbe", "train_text_probe", "train_image_probe", "image_child_labels", "text_child_labels",
+__all__ = ["LinearProbe", "LabelledQueries", "train_text_probe", "train_image_probe", "image_child_labels", "text_child_labels",
            "threshold_for_recall", "threshold_for_fpr"]
 
 
@@ -165,13 +165,14 @@ def _standardiser(X: FloatArray) -> tuple[FloatArray, FloatArray]:
     return Z.mean(0).astype(np.float32), np.maximum(Z.std(0), 1e-6).astype(np.float32)
 
 
-def _fit_lr(X: FloatArray, y: BoolArray, C: float, class_weight: str | None) -> LinearProbe:
+def _fit_lr(X: FloatArray, y: BoolArray, C: float, class_weight: str | None,
+            sample_weight: npt.ArrayLike | None = None) -> LinearProbe:
     from sklearn.linear_model import LogisticRegression
 
     mean, scale = _standardiser(X)
     Z = (_l2(X) - mean) / scale
     lr = LogisticRegression(C=C, class_weight=class_weight, max_iter=3000)
-    lr.fit(Z, y)
+    lr.fit(Z, y, sample_weight=sample_weight)
     return LinearProbe(mean, scale, lr.coef_[0].astype(np.float32), lr.intercept_.astype(np.float32))
 
 
@@ -219,21 +220,55 @@ def out_of_fold(
     return oof
 
 
+@dataclass(frozen=True)
+class LabelledQueries:
+    """Hand-labelled search queries for the text probe (`retrieval/policy/child_queries_train.tsv`).
+
+    Attributes:
+        feats: (n, d) text-encoder features.
+        is_child: (n,) true labels (the query asks for a child).
+        lexicon: (n,) the lexicon's verdict; the probe's threshold is set on adult queries the lexicon lets through.
+    """
+
+    feats: FloatArray
+    is_child: BoolArray
+    lexicon: BoolArray
+
+
 def train_text_probe(
     text_feats: npt.ArrayLike, labels: npt.ArrayLike, C: float = 0.5, max_fpr: float = 0.02,
     groups: Sequence[Any] | None = None, n_splits: int = 5, seed: int = 0,
+    queries: LabelledQueries | None = None, query_weight: float = 3.0,
 ) -> LinearProbe:
-    """Logistic regression on text embeddings of lexicon-labelled captions.
+    """Logistic regression on text embeddings of lexicon-labelled captions (+ hand-labelled queries).
 
-    The threshold is the smallest one whose out-of-fold false-positive rate on lexicon-negative captions stays
-    <= `max_fpr`: queries are blocked when the lexicon OR the probe fires, so the probe only has to add recall
-    without blocking ordinary adult queries.
+    Queries are blocked when the lexicon OR the probe fires, so the probe only has to add recall without blocking
+    ordinary adult queries. Threshold:
+    * with `queries`: the probe is trained on captions + queries (weight `query_weight`); the threshold is the
+      (1 - max_fpr) quantile of the out-of-fold probabilities of the adult queries the lexicon does not block
+      (stratified K-fold over queries; captions are always in training).
+    * without: the smallest threshold whose out-of-fold false-positive rate on lexicon-negative captions stays
+      <= `max_fpr`.
     """
     X = np.asarray(text_feats, np.float32)
     y = np.asarray(labels, bool)
-    groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-    oof = out_of_fold(X, y, groups, "lr", C, n_splits=n_splits, seed=seed)
-    return _fit_lr(X, y, C, "balanced").with_threshold(threshold_for_fpr(y, oof, max_fpr))
+    if queries is None:
+        groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+        oof = out_of_fold(X, y, groups, "lr", C, n_splits=n_splits, seed=seed)
+        return _fit_lr(X, y, C, "balanced").with_threshold(threshold_for_fpr(y, oof, max_fpr))
+    from sklearn.model_selection import StratifiedKFold
+
+    Xq, yq = np.asarray(queries.feats, np.float32), np.asarray(queries.is_child, bool)
+    oof = np.zeros(len(yq), np.float32)
+    for tr, va in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(Xq, yq):
+        probe = _fit_lr(np.vstack([X, Xq[tr]]), np.concatenate([y, yq[tr]]), C, "balanced",
+                        np.concatenate([np.ones(len(y)), np.full(len(tr), query_weight)]))
+        oof[va] = probe.predict_proba(Xq[va])
+    free = oof[~yq & ~np.asarray(queries.lexicon, bool)]
+    threshold = float(np.quantile(free, 1.0 - max_fpr)) if free.size else 0.5
+    probe = _fit_lr(np.vstack([X, Xq]), np.concatenate([y, yq]), C, "balanced",
+                    np.concatenate([np.ones(len(y)), np.full(len(yq), query_weight)]))
+    return probe.with_threshold(threshold)
 
 
 def train_image_probe(

@@ -13,13 +13,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from retrieval.policy.classifiers import (
-    LinearProbe, image_child_labels, out_of_fold, text_child_labels, threshold_for_recall, train_image_probe,
+    LabelledQueries, LinearProbe, image_child_labels, out_of_fold, text_child_labels, threshold_for_recall, train_image_probe,
     train_text_probe,
 )
 from retrieval.policy.metrics import load_policy_queries, plot_child_pr, policy_metrics, query_policy_metrics
 
-__all__ = ["PolicyProbes", "course_captions", "fit_policy_probes", "evaluate_policy",
-           "IMAGE_C", "TEXT_C", "TARGET_RECALL", "TEXT_MAX_FPR"]
+__all__ = ["PolicyProbes", "course_captions", "fit_policy_probes", "evaluate_policy", "training_queries",
+           "IMAGE_C", "TEXT_C", "TARGET_RECALL", "TEXT_MAX_FPR", "TEXT_QUERY_FPR", "TRAIN_QUERIES"]
 
 #: Defaults chosen by grouped CV on the course images / captions (see the policy report).
 IMAGE_C = 0.001
@@ -28,6 +28,21 @@ TEXT_C = 0.5
 TARGET_RECALL = 0.97
 #: Text threshold = smallest one whose out-of-fold false-positive rate on lexicon-negative captions is <= this.
 TEXT_MAX_FPR = 0.02
+#: With the hand-labelled training queries: threshold = (1 - this) quantile of the out-of-fold probe probabilities of
+#: the adult training queries the lexicon lets through. That set is mostly hard negatives (baby animals, "boys' trip",
+#: brand names), so the rate on ordinary adult queries is far lower (see README, Legal rule).
+TEXT_QUERY_FPR = 0.1
+#: Hand-labelled search queries (500 child, 700 adult, written apart from the held-out evaluation sets).
+TRAIN_QUERIES = Path(__file__).with_name("child_queries_train.tsv")
+
+
+def training_queries(text_encoder: str, path: Path = TRAIN_QUERIES) -> LabelledQueries:
+    """The labelled training queries, encoded with `text_encoder` (features cached like the course captions)."""
+    from retrieval.features import text_features
+    from retrieval.policy.lexicon import mentions_child
+
+    texts, is_child = load_policy_queries(path)
+    return LabelledQueries(text_features(texts, text_encoder), is_child, mentions_child(texts))
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ def course_captions(data_dir: Path) -> list[tuple[str, str]]:
 def fit_policy_probes(
     emb: Any, captions: Sequence[tuple[str, str]], image_C: float = IMAGE_C, text_C: float = TEXT_C,
     target_recall: float = TARGET_RECALL, text_max_fpr: float = TEXT_MAX_FPR, seed: int = 0,
+    queries: LabelledQueries | None = None,
 ) -> PolicyProbes:
     """Train both probes from a CourseEmbeddings (`image_names`, `image_feats`, `texts`, `text_feats`).
 
@@ -57,8 +73,8 @@ def fit_policy_probes(
     y_img = image_child_labels(emb.image_names, captions)
     image, metrics = train_image_probe(emb.image_feats, y_img, groups=np.asarray(emb.image_names), C=image_C,
                                        target_recall=target_recall, seed=seed)
-    text = train_text_probe(emb.text_feats, text_child_labels(emb.texts), C=text_C, max_fpr=text_max_fpr,
-                            seed=seed)
+    text = train_text_probe(emb.text_feats, text_child_labels(emb.texts), C=text_C,
+                            max_fpr=TEXT_QUERY_FPR if queries is not None else text_max_fpr, seed=seed, queries=queries)
     return PolicyProbes(text, image, metrics)
 
 
@@ -87,7 +103,8 @@ def evaluate_policy(
     points = {f"image probe ({image_encoder}, LR)": t_img}
     if queries is not None:
         texts, y_q = load_policy_queries(queries)
-        text_probe = train_text_probe(emb.text_feats, text_child_labels(emb.texts), C=text_C, max_fpr=text_max_fpr)
+        text_probe = train_text_probe(emb.text_feats, text_child_labels(emb.texts), C=text_C,
+                                      max_fpr=TEXT_QUERY_FPR, queries=training_queries(text_encoder))
         probs = text_probe.predict_proba(build_text_encoder(text_encoder).encode(texts))
         out["queries"] = query_policy_metrics(texts, y_q, probs, text_probe.threshold)
         out["text_threshold"] = text_probe.threshold
