@@ -8,9 +8,12 @@ import pytest
 
 from retrieval.config import course_data_dir
 from retrieval.policy.lexicon import mentions_child
-from retrieval.policy.metrics import load_policy_queries
+from retrieval.policy.metrics import load_policy_kinds, load_policy_queries
 
-QUERIES = Path(__file__).parent / "fixtures" / "policy_queries.tsv"
+FIXTURES = Path(__file__).parent / "fixtures"
+QUERIES = FIXTURES / "policy_queries.tsv"
+#: Written independently of the lexicon and probe, and measured once after the detectors were fixed (sealed).
+SEALED = FIXTURES / "policy_queries_v3.tsv"
 
 
 def test_held_out_file_is_balanced_and_lexicon_never_blocks_adults() -> None:
@@ -19,6 +22,17 @@ def test_held_out_file_is_balanced_and_lexicon_never_blocks_adults() -> None:
     lex = mentions_child(texts)
     assert not lex[~y].any(), [t for t, b, c in zip(texts, lex, y) if b and not c]
     assert lex[y].mean() >= 0.7
+
+
+def test_sealed_file_has_kinds_and_lexicon_spares_ordinary_adult_queries() -> None:
+    texts, y = load_policy_queries(SEALED)
+    kinds = load_policy_kinds(SEALED)
+    assert kinds is not None and len(kinds) == len(texts) == 400 and int(y.sum()) == 200
+    assert {k for k, c in zip(kinds, y) if c} == {"child"} and {k for k, c in zip(kinds, y) if not c} == {"ordinary", "hard"}
+    lex = mentions_child(texts)
+    ordinary = np.array([k == "ordinary" for k in kinds])
+    assert not lex[ordinary].any(), [t for t, b, o in zip(texts, lex, ordinary) if b and o]
+    assert load_policy_kinds(QUERIES) is None
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +47,10 @@ def course() -> Path:
 def test_text_probe_and_lexicon_on_held_out_queries(course: Path) -> None:
     from retrieval.policy.train import evaluate_policy
 
-    out = evaluate_policy(course, "efficientnet-lite0", "all-mpnet-base-v2", queries=QUERIES)
+    out = evaluate_policy(course, "efficientnet-lite0", "all-mpnet-base-v2", queries=SEALED)
     combined = out["queries"]["combined"]
-    assert combined["child_blocked"] >= 0.97  # measured 0.9875 (79/80)
-    assert combined["adult_blocked"] <= 0.03  # measured 0.025 (3/121)
+    assert combined["child_blocked"] >= 0.99  # measured 0.995 (199/200)
+    assert out["blocked_by_kind"]["ordinary"] <= 0.03  # measured 0.014 (2/140); hard negatives 0.283 (17/60)
     assert combined["child_blocked"] > out["queries"]["lexicon"]["child_blocked"]
     img = out["image_probe"]
     assert img["recall"] >= 0.97 and img["auc"] >= 0.85  # measured AUC 0.875

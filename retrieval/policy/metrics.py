@@ -13,7 +13,7 @@ import numpy.typing as npt
 from retrieval.errors import DatasetError
 from retrieval.policy.lexicon import mentions_child
 
-__all__ = ["policy_metrics", "query_policy_metrics", "load_policy_queries", "plot_child_pr"]
+__all__ = ["policy_metrics", "query_policy_metrics", "load_policy_queries", "load_policy_kinds", "plot_child_pr"]
 
 
 def policy_metrics(y_true: npt.ArrayLike, scores: npt.ArrayLike, threshold: float) -> dict[str, float]:
@@ -65,22 +65,34 @@ def query_policy_metrics(
 
 
 def load_policy_queries(path: Path) -> tuple[list[str], npt.NDArray[np.bool_]]:
-    """Read a `text<TAB>label` file (label child|adult, '#' comment lines) -> (texts, is_child)."""
+    """Read a `text<TAB>label[<TAB>kind]` file (label child|adult, '#' comment lines) -> (texts, is_child)."""
+    texts, labels, _ = _read_policy_file(path)
+    return texts, labels
+
+
+def load_policy_kinds(path: Path) -> list[str] | None:
+    """The optional third column (`kind`, e.g. ordinary|hard for adult queries), or None when the file has none."""
+    return _read_policy_file(path)[2]
+
+
+def _read_policy_file(path: Path) -> tuple[list[str], npt.NDArray[np.bool_], list[str] | None]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"no policy query file at {str(path)!r}; expected a TSV with columns text, label")
-    texts, labels = [], []
+    texts, labels, kinds = [], [], []
     with open(path, encoding="utf-8", newline="") as fh:
         rows = csv.reader((line for line in fh if not line.startswith("#")), delimiter="\t")
         header = next(rows, None)
-        if header != ["text", "label"]:
-            raise DatasetError(f"{path}: header must be `text<TAB>label`, got {header!r}")
+        if header not in (["text", "label"], ["text", "label", "kind"]):
+            raise DatasetError(f"{path}: header must be `text<TAB>label` or `text<TAB>label<TAB>kind`, got {header!r}")
         for lineno, row in enumerate(rows, 2):
-            if len(row) != 2 or row[1] not in ("child", "adult"):
-                raise DatasetError(f"{path}: row {lineno} must be `text<TAB>child|adult`, got {row!r}")
+            if len(row) != len(header) or row[1] not in ("child", "adult"):
+                raise DatasetError(f"{path}: row {lineno} must be `{'<TAB>'.join(header)}` with label child|adult, "
+                                   f"got {row!r}")
             texts.append(row[0])
             labels.append(row[1] == "child")
-    return texts, np.array(labels, dtype=bool)
+            kinds.append(row[2] if len(header) == 3 else "")
+    return texts, np.array(labels, dtype=bool), kinds if len(header) == 3 else None
 
 
 def plot_child_pr(

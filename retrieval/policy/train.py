@@ -16,7 +16,7 @@ from retrieval.policy.classifiers import (
     LabelledQueries, LinearProbe, image_child_labels, out_of_fold, text_child_labels, threshold_for_recall, train_image_probe,
     train_text_probe,
 )
-from retrieval.policy.metrics import load_policy_queries, plot_child_pr, policy_metrics, query_policy_metrics
+from retrieval.policy.metrics import load_policy_kinds, load_policy_queries, plot_child_pr, policy_metrics, query_policy_metrics
 
 __all__ = ["PolicyProbes", "course_captions", "fit_policy_probes", "evaluate_policy", "training_queries",
            "IMAGE_C", "TEXT_C", "TARGET_RECALL", "TEXT_MAX_FPR", "TEXT_QUERY_FPR", "TRAIN_QUERIES"]
@@ -110,8 +110,12 @@ def evaluate_policy(
         out["text_threshold"] = text_probe.threshold
         out["missed_child_queries"] = [t for t, y, p in zip(texts, y_q, probs)
                                        if y and p < text_probe.threshold and not text_child_labels([t])[0]]
-        out["blocked_adult_queries"] = [t for t, y, p in zip(texts, y_q, probs)
-                                        if not y and (p >= text_probe.threshold or text_child_labels([t])[0])]
+        blocked = (probs >= text_probe.threshold) | text_child_labels(texts)
+        out["blocked_adult_queries"] = [t for t, y, b in zip(texts, y_q, blocked) if not y and b]
+        kinds = load_policy_kinds(queries)
+        if kinds is not None:  # e.g. ordinary vs hard-negative adult queries
+            out["blocked_by_kind"] = {k: float(np.mean([b for b, kk in zip(blocked, kinds) if kk == k]))
+                                      for k in sorted(set(kinds))}
         curves[f"text probe ({text_encoder}) on held-out queries"] = (y_q, probs)
         points[f"text probe ({text_encoder}) on held-out queries"] = text_probe.threshold
     if plot is not None:
