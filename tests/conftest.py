@@ -1,6 +1,7 @@
 """Shared fixtures: a fake-encoder model trained on the tiny course fixture and an index built with it."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,22 @@ from retrieval.cli import cli
 
 TINY = Path(__file__).parent / "fixtures" / "course_tiny"
 FAKE = ["--image-encoder", "fake-image", "--text-encoder", "fake-text"]
+
+
+#: The cache folder the user (or CI) set before the session; `fake_env` points RETRIEVAL_CACHE_DIR at a temp folder.
+_USER_CACHE = os.environ.get("RETRIEVAL_CACHE_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _real_cache_for_slow_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slow tests run real encoders on the course data: they use the user's cache (features extracted once per
+    machine, the mpnet zip unpacked once), never the fake session's temp cache, which would redo that work."""
+    if request.node.get_closest_marker("slow") is None:
+        return
+    if _USER_CACHE is None:
+        monkeypatch.delenv("RETRIEVAL_CACHE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("RETRIEVAL_CACHE_DIR", _USER_CACHE)
 
 
 def run_cli(*args: object):
