@@ -5,8 +5,7 @@ per-dimension products z_txt * pseudo_caption]. A linear logit is fitted on soft
 optionally crowd share, own caption = 1, sampled mismatches = 0) with either a logistic regression (`fit_logistic`)
 or, by default, the same soft-target loss plus a listwise term that ranks each validation caption's own image first
 among its nearest candidates (`fit_listwise`, torch at training time only); isotonic regression fitted on out-of-fold
-logits maps it to a
-calibrated probability. The product ranks AND scores by one key, a validated blend a*logit + b*cosine
+logits maps it to a calibrated probability. The product ranks AND scores by one key, a validated blend a*logit + b*cosine
 (RetrievalModel.rank_key), calibrated isotonically (RetrievalModel.score), so listed scores decrease with rank.
 `Reranker.score` calibrates a (1, 0) blend only. Applying the head is numpy only (dot products and a table lookup).
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -344,7 +344,7 @@ def _probes(emb: CourseEmbeddings, ev: CoursePairs, text_child: np.ndarray, seed
             text_encoder: str) -> tuple[Any, Any]:
     """Child probes from the POLICY module (image label: any own caption mentions a child)."""
     try:
-        from retrieval.policy.classifiers import train_image_probe, train_text_probe
+        from retrieval.policy.classifiers import train_image_probe
     except ImportError:
         return None, None
     labels = restricted_images(ev, text_child)
@@ -354,11 +354,8 @@ def _probes(emb: CourseEmbeddings, ev: CoursePairs, text_child: np.ndarray, seed
         return None, None
     image_probe, m = train_image_probe(emb.image_feats, labels, groups=np.arange(len(labels)), n_splits=n_splits, seed=seed)
     say(f"child image probe: {', '.join(f'{k} {v:.3f}' for k, v in m.items() if isinstance(v, float))}")
-    owner = ev.text_owner
-    groups = np.where(owner >= 0, owner, -1 - np.arange(len(owner)))
-    from retrieval.policy.train import TEXT_QUERY_FPR, training_queries
+    from retrieval.policy.train import fit_text_probe
 
     say("child text probe: captions + hand-labelled training queries (retrieval/policy/child_queries_train.tsv)")
-    text_probe = train_text_probe(emb.text_feats, text_child, groups=groups, n_splits=n_splits, seed=seed,
-                                  max_fpr=TEXT_QUERY_FPR, queries=training_queries(text_encoder))
+    text_probe = fit_text_probe(emb.text_feats, text_child, text_encoder, n_splits=n_splits, seed=seed)
     return image_probe, text_probe

@@ -8,7 +8,7 @@ import pytest
 
 from retrieval.config import course_data_dir
 from retrieval.policy.lexicon import mentions_child
-from retrieval.policy.metrics import load_policy_kinds, load_policy_queries
+from retrieval.policy.metrics import load_policy_queries, read_policy_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 QUERIES = FIXTURES / "policy_queries.tsv"
@@ -26,13 +26,13 @@ def test_held_out_file_is_balanced_and_lexicon_never_blocks_adults() -> None:
 
 def test_sealed_file_has_kinds_and_lexicon_spares_ordinary_adult_queries() -> None:
     texts, y = load_policy_queries(SEALED)
-    kinds = load_policy_kinds(SEALED)
+    kinds = read_policy_file(SEALED)[2]
     assert kinds is not None and len(kinds) == len(texts) == 400 and int(y.sum()) == 200
     assert {k for k, c in zip(kinds, y) if c} == {"child"} and {k for k, c in zip(kinds, y) if not c} == {"ordinary", "hard"}
     lex = mentions_child(texts)
     ordinary = np.array([k == "ordinary" for k in kinds])
     assert not lex[ordinary].any(), [t for t, b, o in zip(texts, lex, ordinary) if b and o]
-    assert load_policy_kinds(QUERIES) is None
+    assert read_policy_file(QUERIES)[2] is None
 
 
 @pytest.fixture(scope="module")

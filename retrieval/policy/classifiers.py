@@ -259,16 +259,17 @@ def train_text_probe(
     from sklearn.model_selection import StratifiedKFold
 
     Xq, yq = np.asarray(queries.feats, np.float32), np.asarray(queries.is_child, bool)
+
+    def fit(rows: npt.NDArray[np.int64]) -> LinearProbe:  # all captions + these queries (weighted)
+        return _fit_lr(np.vstack([X, Xq[rows]]), np.concatenate([y, yq[rows]]), C, "balanced",
+                       np.concatenate([np.ones(len(y)), np.full(len(rows), query_weight)]))
+
     oof = np.zeros(len(yq), np.float32)
     for tr, va in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(Xq, yq):
-        probe = _fit_lr(np.vstack([X, Xq[tr]]), np.concatenate([y, yq[tr]]), C, "balanced",
-                        np.concatenate([np.ones(len(y)), np.full(len(tr), query_weight)]))
-        oof[va] = probe.predict_proba(Xq[va])
+        oof[va] = fit(tr).predict_proba(Xq[va])
     free = oof[~yq & ~np.asarray(queries.lexicon, bool)]
     threshold = float(np.quantile(free, 1.0 - max_fpr)) if free.size else 0.5
-    probe = _fit_lr(np.vstack([X, Xq]), np.concatenate([y, yq]), C, "balanced",
-                    np.concatenate([np.ones(len(y)), np.full(len(yq), query_weight)]))
-    return probe.with_threshold(threshold)
+    return fit(np.arange(len(yq))).with_threshold(threshold)
 
 
 def train_image_probe(

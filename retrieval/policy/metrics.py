@@ -13,7 +13,7 @@ import numpy.typing as npt
 from retrieval.errors import DatasetError
 from retrieval.policy.lexicon import mentions_child
 
-__all__ = ["policy_metrics", "query_policy_metrics", "load_policy_queries", "load_policy_kinds", "plot_child_pr"]
+__all__ = ["policy_metrics", "query_policy_metrics", "load_policy_queries", "read_policy_file", "plot_child_pr"]
 
 
 def policy_metrics(y_true: npt.ArrayLike, scores: npt.ArrayLike, threshold: float) -> dict[str, float]:
@@ -66,16 +66,13 @@ def query_policy_metrics(
 
 def load_policy_queries(path: Path) -> tuple[list[str], npt.NDArray[np.bool_]]:
     """Read a `text<TAB>label[<TAB>kind]` file (label child|adult, '#' comment lines) -> (texts, is_child)."""
-    texts, labels, _ = _read_policy_file(path)
+    texts, labels, _ = read_policy_file(path)
     return texts, labels
 
 
-def load_policy_kinds(path: Path) -> list[str] | None:
-    """The optional third column (`kind`, e.g. ordinary|hard for adult queries), or None when the file has none."""
-    return _read_policy_file(path)[2]
-
-
-def _read_policy_file(path: Path) -> tuple[list[str], npt.NDArray[np.bool_], list[str] | None]:
+def read_policy_file(path: Path) -> tuple[list[str], npt.NDArray[np.bool_], list[str] | None]:
+    """(texts, is_child, kinds): kinds is the optional third column (e.g. ordinary|hard for adult queries), None
+    when the file has only `text<TAB>label`."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"no policy query file at {str(path)!r}; expected a TSV with columns text, label")

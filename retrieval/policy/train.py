@@ -16,9 +16,9 @@ from retrieval.policy.classifiers import (
     LabelledQueries, LinearProbe, image_child_labels, out_of_fold, text_child_labels, threshold_for_recall, train_image_probe,
     train_text_probe,
 )
-from retrieval.policy.metrics import load_policy_kinds, load_policy_queries, plot_child_pr, policy_metrics, query_policy_metrics
+from retrieval.policy.metrics import load_policy_queries, plot_child_pr, policy_metrics, query_policy_metrics, read_policy_file
 
-__all__ = ["PolicyProbes", "course_captions", "fit_policy_probes", "evaluate_policy", "training_queries",
+__all__ = ["PolicyProbes", "course_captions", "fit_policy_probes", "evaluate_policy", "training_queries", "fit_text_probe",
            "IMAGE_C", "TEXT_C", "TARGET_RECALL", "TEXT_MAX_FPR", "TEXT_QUERY_FPR", "TRAIN_QUERIES"]
 
 #: Defaults chosen by grouped CV on the course images / captions (see the policy report).
@@ -45,6 +45,14 @@ def training_queries(text_encoder: str, path: Path = TRAIN_QUERIES) -> LabelledQ
     return LabelledQueries(text_features(texts, text_encoder), is_child, mentions_child(texts))
 
 
+def fit_text_probe(text_feats: Any, labels: Any, text_encoder: str, C: float = TEXT_C, n_splits: int = 5,
+                   seed: int = 0) -> LinearProbe:
+    """The shipped query probe (the model folder's and `policy-eval`'s): lexicon-labelled captions + the
+    hand-labelled training queries, threshold at TEXT_QUERY_FPR of the adult queries the lexicon lets through."""
+    return train_text_probe(text_feats, labels, C=C, max_fpr=TEXT_QUERY_FPR, n_splits=n_splits, seed=seed,
+                            queries=training_queries(text_encoder))
+
+
 @dataclass(frozen=True)
 class PolicyProbes:
     text: LinearProbe
@@ -63,7 +71,6 @@ def course_captions(data_dir: Path) -> list[tuple[str, str]]:
 def fit_policy_probes(
     emb: Any, captions: Sequence[tuple[str, str]], image_C: float = IMAGE_C, text_C: float = TEXT_C,
     target_recall: float = TARGET_RECALL, text_max_fpr: float = TEXT_MAX_FPR, seed: int = 0,
-    queries: LabelledQueries | None = None,
 ) -> PolicyProbes:
     """Train both probes from a CourseEmbeddings (`image_names`, `image_feats`, `texts`, `text_feats`).
 
@@ -73,8 +80,8 @@ def fit_policy_probes(
     y_img = image_child_labels(emb.image_names, captions)
     image, metrics = train_image_probe(emb.image_feats, y_img, groups=np.asarray(emb.image_names), C=image_C,
                                        target_recall=target_recall, seed=seed)
-    text = train_text_probe(emb.text_feats, text_child_labels(emb.texts), C=text_C,
-                            max_fpr=TEXT_QUERY_FPR if queries is not None else text_max_fpr, seed=seed, queries=queries)
+    text = train_text_probe(emb.text_feats, text_child_labels(emb.texts), C=text_C, max_fpr=text_max_fpr,
+                            seed=seed)
     return PolicyProbes(text, image, metrics)
 
 
@@ -102,17 +109,14 @@ def evaluate_policy(
     curves = {f"image probe ({image_encoder}, LR)": (y_img, oof)}
     points = {f"image probe ({image_encoder}, LR)": t_img}
     if queries is not None:
-        texts, y_q = load_policy_queries(queries)
-        text_probe = train_text_probe(emb.text_feats, text_child_labels(emb.texts), C=text_C,
-                                      max_fpr=TEXT_QUERY_FPR, queries=training_queries(text_encoder))
+        texts, y_q, kinds = read_policy_file(queries)
+        text_probe = fit_text_probe(emb.text_feats, text_child_labels(emb.texts), text_encoder, C=text_C)
         probs = text_probe.predict_proba(build_text_encoder(text_encoder).encode(texts))
         out["queries"] = query_policy_metrics(texts, y_q, probs, text_probe.threshold)
         out["text_threshold"] = text_probe.threshold
-        out["missed_child_queries"] = [t for t, y, p in zip(texts, y_q, probs)
-                                       if y and p < text_probe.threshold and not text_child_labels([t])[0]]
         blocked = (probs >= text_probe.threshold) | text_child_labels(texts)
+        out["missed_child_queries"] = [t for t, y, b in zip(texts, y_q, blocked) if y and not b]
         out["blocked_adult_queries"] = [t for t, y, b in zip(texts, y_q, blocked) if not y and b]
-        kinds = load_policy_kinds(queries)
         if kinds is not None:  # e.g. ordinary vs hard-negative adult queries
             out["blocked_by_kind"] = {k: float(np.mean([b for b, kk in zip(blocked, kinds) if kk == k]))
                                       for k in sorted(set(kinds))}
