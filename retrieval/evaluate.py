@@ -36,9 +36,10 @@ def _kendall(course: Any, names: list[str], img_z: np.ndarray, retriever: Any, t
         if frame.empty:
             continue
         q_text = frame["query_id"].map(texts).tolist()
-        txt_z = retriever.model.project_texts(retriever.text_encoder.encode(q_text))
+        txt_raw = retriever.text_encoder.encode(q_text)
+        txt_z = retriever.model.project_texts(txt_raw)
         rows = frame["image"].map(row_of).to_numpy()
-        scores = retriever.model.score(img_z[rows], txt_z)
+        scores = retriever.model.score(img_z[rows], txt_z, txt_raw)
         child_img = set(course_child_images(course))
         non_child = ~mentions_child(q_text) & ~frame["image"].isin(child_img).to_numpy()
         for subset, mask in (("all", np.ones(len(frame), bool)), ("non_child", non_child)):
@@ -86,9 +87,10 @@ def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir:
     texts = queries["query_text"].tolist()
     target = queries["image"].map(col).to_numpy()
     img_z = np.asarray(retriever.store.vectors[:], np.float32)
-    txt_z = retriever.model.project_texts(retriever.text_encoder.encode(texts))
+    txt_raw = retriever.text_encoder.encode(texts)
+    txt_z = retriever.model.project_texts(txt_raw)
     cosine = txt_z @ img_z.T
-    rerank = np.stack([retriever.model.rank_key(img_z, z) for z in txt_z])
+    rerank = np.stack([retriever.model.rank_key(img_z, z, r) for z, r in zip(txt_z, txt_raw)])
     child = mentions_child(texts)
     metrics: dict[str, Any] = {"n_queries": len(texts), "n_images": len(names), "n_child_queries": int(child.sum())}
     for subset, mask in (("all", np.ones(len(texts), bool)), ("non_child", ~child)):

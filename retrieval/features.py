@@ -159,17 +159,20 @@ def _l2(x: FloatArray) -> FloatArray:
 def combine_image_features(
     data_dir: Path, image_encoder: str, views: Sequence[str], progress: Progress | None = None
 ) -> tuple[list[str], FloatArray]:
-    """Same features the live encoder gives: mean over views per part; "+"-joined parts L2-normalised, concatenated."""
+    """Same features the live encoder gives: mean over views per part; "+"-joined parts L2-normalised (times
+    `part_weight`), concatenated."""
+    from retrieval.encoders import part_views, part_weight
+
     parts = image_encoder.split("+")
     names: list[str] = []
     blocks = []
     for part in parts:
         per_view = []
-        for view in views:
+        for view in part_views(part, views):
             names, f = image_view_features(data_dir, part, view, progress)
             per_view.append(f)
         mean = np.mean(per_view, axis=0).astype(np.float32)
-        blocks.append(_l2(mean) if len(parts) > 1 else mean)
+        blocks.append(part_weight(part) * _l2(mean) if len(parts) > 1 else mean)
     return names, np.concatenate(blocks, axis=1).astype(np.float32)
 
 

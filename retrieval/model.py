@@ -91,9 +91,12 @@ class RetrievalModel:
     def project_texts(self, feats: np.ndarray) -> FloatArray:
         return self.projection.project_texts(feats)
 
-    def score(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
-        """Calibrated relevance in [0, 1] for aligned rows (falls back to (cos+1)/2 without a reranker)."""
-        return self.calibrate(self.rank_key(img_z, txt_z))
+    def score(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
+        """Calibrated relevance in [0, 1] for aligned rows (falls back to (cos+1)/2 without a reranker).
+
+        txt_raw: the texts' raw text-encoder features (what `project_texts` was given); required when
+        `needs_raw_text()`."""
+        return self.calibrate(self.rank_key(img_z, txt_z, txt_raw))
 
     def calibrate(self, key: np.ndarray) -> FloatArray:
         """`rank_key` values -> calibrated scores (monotone), so callers that already ranked need not recompute."""
@@ -102,7 +105,10 @@ class RetrievalModel:
             return np.clip((cos + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
         return self.reranker.calibration(key)
 
-    def rank_key(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
+    def needs_raw_text(self) -> bool:
+        return self.reranker is not None and self.reranker.needs_raw_text()
+
+    def rank_key(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
         """Ordering key for search results: a * reranker logit + b * cosine (config rank_*_weight).
 
         Sort hits by this key to get the validated R@K; `score` = calibration(key) is monotone in it."""
@@ -111,7 +117,7 @@ class RetrievalModel:
         a, b = self.config.rank_logit_weight, self.config.rank_cos_weight
         if self.reranker is None or a == 0.0:
             return (b * cos if b else cos).astype(np.float32)
-        return (a * self.reranker.logit(img_z, txt_z) + b * cos).astype(np.float32)
+        return (a * self.reranker.logit(img_z, txt_z, txt_raw) + b * cos).astype(np.float32)
 
     def child_image_prob(self, feats: np.ndarray) -> FloatArray:
         if self.image_probe is None:

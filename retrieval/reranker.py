@@ -19,36 +19,57 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float32]
 
 
+def _l2(x: np.ndarray) -> FloatArray:
+    x = np.atleast_2d(np.asarray(x, np.float32))
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class CaptionMemory:
     """Visual neighbours' captions: allowed training images (shared space) and the mean of their captions.
 
     `pseudo_caption(img_z)` = softmax(top-k image similarities / temperature)-weighted mean caption vector of
     the k nearest training images; the feature text . pseudo_caption ("does the query read like what people
-    wrote about similar pictures") adds graded-relevance signal the plain cosine misses.
+    wrote about similar pictures") adds graded-relevance signal the plain cosine misses. With `raw_caption` (the
+    same captions in the text encoder's own space, before the projection) the memory also gives `pseudo_raw`: the
+    query is compared with the neighbours' captions with all of the text encoder's dimensions, not only the 256
+    the projection keeps.
     """
 
     img_z: FloatArray
     caption_mean: FloatArray
     k: int = 10
     temperature: float = 0.05
+    raw_caption: FloatArray | None = None
 
-    def pseudo_caption(self, img_z: np.ndarray) -> FloatArray:
+    def _neighbours(self, img_z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(top-k memory rows, their softmax weights) per image."""
         sim = np.asarray(img_z, np.float32) @ self.img_z.T
         k = min(self.k, sim.shape[1])
         top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         w = np.take_along_axis(sim, top, 1) / self.temperature
         w = np.exp(w - w.max(axis=1, keepdims=True))
-        w /= w.sum(axis=1, keepdims=True)
+        return top, w / w.sum(axis=1, keepdims=True)
+
+    def pseudo_caption(self, img_z: np.ndarray) -> FloatArray:
+        top, w = self._neighbours(img_z)
         return np.einsum("nk,nkd->nd", w, self.caption_mean[top]).astype(np.float32)
+
+    def pseudo_raw(self, img_z: np.ndarray) -> FloatArray:
+        """L2-normalised weighted mean of the neighbours' raw caption vectors (requires `raw_caption`)."""
+        if self.raw_caption is None:
+            raise ValueError("this caption memory has no raw captions")
+        top, w = self._neighbours(img_z)
+        return _l2(np.einsum("nk,nkd->nd", w, self.raw_caption[top]))
 
 
 def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | None = None,
-                  knn_products: bool = False) -> np.ndarray:
+                  knn_products: bool = False, txt_raw: np.ndarray | None = None) -> np.ndarray:
     """(n, d) x (n, d) L2-normalised (either may be a single broadcast row) -> features of each pair.
 
     Layout: [cosine, z_img * z_txt (d), knn] with a memory, then z_txt * pseudo_caption (d) when `knn_products`
-    (per-dimension weights on the caption-memory match, as z_img * z_txt does for the cosine: +.004 expert tau-c).
+    (per-dimension weights on the caption-memory match, as z_img * z_txt does for the cosine: +.004 expert tau-c),
+    then, for a memory with raw captions, the cosine of the raw text feature `txt_raw` with `pseudo_raw`.
     """
     img_z, txt_z = np.atleast_2d(np.asarray(img_z, np.float32)), np.atleast_2d(np.asarray(txt_z, np.float32))
     prod = img_z * txt_z
@@ -58,23 +79,29 @@ def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | 
         parts.append(kp.sum(axis=1, keepdims=True))
         if knn_products:
             parts.append(kp)
+        if memory.raw_caption is not None:
+            if txt_raw is None:
+                raise ValueError("this reranker compares the raw text feature with its caption memory: pass txt_raw")
+            parts.append(np.sum(_l2(txt_raw) * memory.pseudo_raw(img_z), axis=1, keepdims=True))
     return np.concatenate(parts, axis=1)
 
 
 def logit_grid(coef: np.ndarray, intercept: float, txt_z: np.ndarray, img_z: np.ndarray,
-               pseudo: np.ndarray | None = None) -> FloatArray:
+               pseudo: np.ndarray | None = None, raw: tuple[np.ndarray, np.ndarray] | None = None) -> FloatArray:
     """Logits of every (text, image) pair, (n_txt, n_img), without building the per-pair feature rows.
 
-    Same coefficients and layout as `pair_features` (pseudo = memory.pseudo_caption(img_z), None without memory);
-    validation ranks whole galleries with it.
+    Same coefficients and layout as `pair_features` (pseudo = memory.pseudo_caption(img_z), None without memory;
+    raw = (txt_raw, memory.pseudo_raw(img_z)) for a memory with raw captions); validation ranks whole galleries with it.
     """
     txt_z, img_z = np.asarray(txt_z, np.float32), np.asarray(img_z, np.float32)
     d = img_z.shape[1]
     out = (txt_z * coef[1 : 1 + d]) @ img_z.T + coef[0] * (txt_z @ img_z.T) + intercept
     if pseudo is not None:
         out += coef[1 + d] * (txt_z @ pseudo.T)
-        if len(coef) == 2 + 2 * d:
+        if len(coef) - (raw is not None) == 2 + 2 * d:
             out += (txt_z * coef[2 + d : 2 + 2 * d]) @ pseudo.T
+    if raw is not None:
+        out += coef[-1] * (_l2(raw[0]) @ np.asarray(raw[1], np.float32).T)
     return out.astype(np.float32)
 
 
@@ -123,16 +150,22 @@ class Reranker:
 
     def uses_knn_products(self) -> bool:
         """True when coef covers [cos, d products, knn, d knn products] (older models stop after knn)."""
-        return self.memory is not None and len(self.coef) == 2 + 2 * self.memory.img_z.shape[1]
+        if self.memory is None:
+            return False
+        return len(self.coef) - (self.memory.raw_caption is not None) == 2 + 2 * self.memory.img_z.shape[1]
 
-    def logit(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
-        if self.memory is not None and not self.uses_knn_products() and self.coef[-1] == 0.0:  # kNN term off: skip its cost
-            return (pair_features(img_z, txt_z) @ self.coef[:-1] + self.intercept).astype(np.float32)
-        feats = pair_features(img_z, txt_z, self.memory, self.uses_knn_products())
+    def needs_raw_text(self) -> bool:
+        """True when `logit` needs the raw text feature (the memory compares it with the neighbours' raw captions)."""
+        return self.memory is not None and self.memory.raw_caption is not None
+
+    def logit(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
+        if self.memory is not None and not self.uses_knn_products() and not self.needs_raw_text() and self.coef[-1] == 0.0:
+            return (pair_features(img_z, txt_z) @ self.coef[:-1] + self.intercept).astype(np.float32)  # kNN term off
+        feats = pair_features(img_z, txt_z, self.memory, self.uses_knn_products(), txt_raw)
         return (feats @ self.coef + self.intercept).astype(np.float32)
 
-    def score(self, img_z: np.ndarray, txt_z: np.ndarray) -> FloatArray:
-        return self.calibration(self.logit(img_z, txt_z))
+    def score(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
+        return self.calibration(self.logit(img_z, txt_z, txt_raw))
 
     def to_tensors(self, prefix: str = "rerank.") -> dict[str, np.ndarray]:
         out = {
@@ -146,6 +179,8 @@ class Reranker:
             out[f"{prefix}mem_img"] = np.ascontiguousarray(m.img_z, np.float32)
             out[f"{prefix}mem_caption"] = np.ascontiguousarray(m.caption_mean, np.float32)
             out[f"{prefix}mem_params"] = np.asarray([m.k, m.temperature], np.float32)
+            if m.raw_caption is not None:
+                out[f"{prefix}mem_raw"] = np.ascontiguousarray(m.raw_caption, np.float32)
         return out
 
     @classmethod
@@ -153,8 +188,10 @@ class Reranker:
         memory = None
         if f"{prefix}mem_img" in t:
             k, temp = (float(v) for v in np.asarray(t[f"{prefix}mem_params"]).reshape(-1)[:2])
+            raw = t.get(f"{prefix}mem_raw")
             memory = CaptionMemory(np.asarray(t[f"{prefix}mem_img"], np.float32),
-                                   np.asarray(t[f"{prefix}mem_caption"], np.float32), int(k), temp)
+                                   np.asarray(t[f"{prefix}mem_caption"], np.float32), int(k), temp,
+                                   None if raw is None else np.asarray(raw, np.float32))
         return cls(
             coef=np.asarray(t[f"{prefix}coef"], np.float32),
             intercept=float(np.asarray(t[f"{prefix}intercept"]).reshape(-1)[0]),
@@ -240,14 +277,20 @@ def brier(prob: np.ndarray, target: np.ndarray) -> float:
 
 
 def build_memory(img_z: np.ndarray, caption_z: np.ndarray, caption_img: np.ndarray, k: int = 10,
-                 temperature: float = 0.05) -> CaptionMemory:
-    """Memory from training images (rows of img_z) and their captions (caption_img[i] = row of its image)."""
+                 temperature: float = 0.05, caption_raw: np.ndarray | None = None) -> CaptionMemory:
+    """Memory from training images (rows of img_z) and their captions (caption_img[i] = row of its image);
+    `caption_raw`: the same captions' raw text features (L2-normalised here, then averaged per image)."""
     n = len(img_z)
-    sums = np.zeros((n, caption_z.shape[1]), np.float64)
-    np.add.at(sums, caption_img, caption_z)
     counts = np.bincount(caption_img, minlength=n)
     keep = counts > 0
-    return CaptionMemory(np.asarray(img_z, np.float32)[keep], (sums[keep] / counts[keep, None]).astype(np.float32), k, temperature)
+
+    def per_image_mean(x: np.ndarray) -> FloatArray:
+        sums = np.zeros((n, x.shape[1]), np.float64)
+        np.add.at(sums, caption_img, x)
+        return (sums[keep] / counts[keep, None]).astype(np.float32)
+
+    raw = per_image_mean(_l2(caption_raw)) if caption_raw is not None else None
+    return CaptionMemory(np.asarray(img_z, np.float32)[keep], per_image_mean(caption_z), k, temperature, raw)
 
 
 def plot_reliability(prob: np.ndarray, target: np.ndarray, path: "str | object", bins: int = 10, title: str = "") -> None:

@@ -76,14 +76,15 @@ def score_pairs(model: RetrievalModel, pairs: pd.DataFrame, base_dir: Path | str
     img_z = dict(zip(ok_names, model.project_images(img_feat))) if ok_names else {}
 
     uniq_txt = sorted(set(texts))
-    txt_z = dict(zip(uniq_txt, model.project_texts(tenc.encode(uniq_txt))))
+    raw = tenc.encode(uniq_txt)
+    txt_z, txt_raw = dict(zip(uniq_txt, model.project_texts(raw))), dict(zip(uniq_txt, raw))
 
     ok = np.array([n in img_z for n in images], bool)
     scores = np.full(len(images), np.nan, np.float32)
     if ok.any():
         zi = np.stack([img_z[n] for n, good in zip(images, ok) if good])
-        zt = np.stack([txt_z[t] for t, good in zip(texts, ok) if good])
-        scores[ok] = model.score(zi, zt)
+        kept = [t for t, good in zip(texts, ok) if good]
+        scores[ok] = model.score(zi, np.stack([txt_z[t] for t in kept]), np.stack([txt_raw[t] for t in kept]))
     return pd.DataFrame({"image": images, "text": texts, "score": scores,
                          "error": [errors.get(n, "") for n in images]})
 

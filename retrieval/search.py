@@ -127,7 +127,7 @@ class Retriever:
         for row, check in enumerate(checks):
             cand = ids[row][ids[row] >= 0]
             cand_z = np.asarray(self.store.vectors[cand], np.float32)
-            key = self.model.rank_key(cand_z, z[row])
+            key = self.model.rank_key(cand_z, z[row], feats[row])
             scores = self.model.calibrate(key)  # isotonic in `key`: sorting by key sorts scores too
             order = np.argsort(-key, kind="stable")
             hits = []

@@ -160,6 +160,57 @@ def test_views_are_averaged() -> None:
     np.testing.assert_allclose(both, (parts[0] + parts[1]) / 2, rtol=1e-4, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def lite2_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("lite2") / "lite2-random.pth"
+    torch.save(_random_lite("efficientnet-lite2", seed=1).state_dict(), path)
+    return path
+
+
+def test_hires_variant_is_lite2_whole_frame_mean_and_max(lite2_weights: Path) -> None:
+    """efficientnet-lite2-hires = the Lite2 trunk on the whole frame at 384 px, [mean, max] of the head, each half
+    L2-normalised; it keeps its own view whatever the caller asks for."""
+    from efficientnet_lite_pytorch import EfficientNet
+    from PIL import Image
+
+    from retrieval.encoders import part_views
+
+    enc = image_mod.efficientnet_lite("efficientnet-lite2-hires", lite2_weights, ("center", "full"), backend="reference")
+    assert enc.views == ("full",) and enc.dim == 2560 and enc.id == "efficientnet-lite2-hires[full]"
+    assert part_views("efficientnet-lite2-hires", ("center", "full")) == ("full",)
+    assert part_views("efficientnet-lite2", ("center", "full")) == ("center", "full")
+    images = _random_images(2, seed=3)
+    item = enc.preprocess(images[0])
+    assert tuple(item.shape) == (1, 3, 384, 384)
+    np.testing.assert_array_equal(item[0].numpy(), np.asarray(images[0].resize((384, 384), Image.BILINEAR)).transpose(2, 0, 1))
+
+    net = EfficientNet.from_name("efficientnet-lite2", image_size=384)
+    net.load_state_dict(torch.load(lite2_weights, weights_only=True))
+    x = (torch.from_numpy(np.asarray(images[0].resize((384, 384), Image.BILINEAR), np.float32)).permute(2, 0, 1)[None] / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        head = net.eval().extract_features(x)
+    mean, mx = head.mean((2, 3))[0].numpy(), head.amax((2, 3))[0].numpy()
+    expected = np.concatenate([mean / np.linalg.norm(mean), mx / np.linalg.norm(mx)])
+    np.testing.assert_allclose(enc.embed_batch([item])[0], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=needs_openvino)])
+def test_fast_backends_match_reference_for_mean_max_pooling(backend: str, lite2_weights: Path) -> None:
+    ref = image_mod.efficientnet_lite("efficientnet-lite2-hires", lite2_weights, backend="reference")
+    enc = image_mod.efficientnet_lite("efficientnet-lite2-hires", lite2_weights, backend=backend)
+    items = [ref.preprocess(im) for im in _random_images(3, seed=4)]
+    a, b = enc.embed_batch(items), ref.embed_batch(items)
+    assert a.shape == (3, 2560)
+    assert _cos(a[:, :1280], b[:, :1280]).min() > 0.9999 and _cos(a[:, 1280:], b[:, 1280:]).min() > 0.9999
+
+
+def test_unknown_lite_variant_and_pool_are_refused() -> None:
+    with pytest.raises(ValueError, match="efficientnet-lite2-hires"):
+        image_mod.efficientnet_lite("efficientnet-lite9")
+    with pytest.raises(ValueError, match="meanmax"):
+        lite_fast.lite_spec(_random_lite(), 224, "gem")
+
+
 # ----------------------------------------------------------------------------------- real weights, real images
 
 
@@ -175,7 +226,7 @@ def _course_images(n: int) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2"])
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite2-hires"])
 def test_real_lite_backends_equivalent(name: str) -> None:
     try:
         ref = image_mod.efficientnet_lite(name, backend="reference")
@@ -185,14 +236,42 @@ def test_real_lite_backends_equivalent(name: str) -> None:
     items = [ref.preprocess(im) for im in images]
     ref_feats = ref.embed_batch(items)
     fc = ref.net.inner._fc
+    classify = ref.dim == 1280  # the published classifier reads the mean pool; the hires part is [mean, max] normed
     with torch.no_grad():
-        ref_top1 = fc(torch.from_numpy(ref_feats)).argmax(1).numpy()
+        ref_top1 = fc(torch.from_numpy(ref_feats)).argmax(1).numpy() if classify else None
     backends = ["torch"] + (["openvino"] if lite_fast.openvino_available() else [])
     for backend in backends:
         enc = image_mod.efficientnet_lite(name, backend=backend)
         assert enc.checksum() == ref.checksum()
         feats = enc.embed_batch(items)
-        assert _cos(feats, ref_feats).min() >= 0.999, backend
+        for half in range(ref.dim // 1280):
+            block = slice(1280 * half, 1280 * (half + 1))
+            assert _cos(feats[:, block], ref_feats[:, block]).min() >= 0.999, backend
+        if not classify:
+            continue
         with torch.no_grad():
             top1 = fc(torch.from_numpy(feats)).argmax(1).numpy()
         np.testing.assert_array_equal(top1, ref_top1, err_msg=f"{name} {backend}: ImageNet top-1 changed")
+
+
+@pytest.mark.slow
+def test_training_features_equal_the_live_default_encoder() -> None:
+    """The model is trained on cached per-view course features and serves the live "+"-joined encoder: both must
+    give the same vectors (views averaged per part, parts normalised and weighted alike)."""
+    from retrieval.config import course_data_dir
+    from retrieval.encoders import build_image_encoder
+    from retrieval.features import _decode, combine_image_features
+    from retrieval.train import DEFAULT_IMAGE_ENCODER, DEFAULT_VIEWS
+
+    folder = course_data_dir() / "train_images"
+    if not folder.is_dir():
+        pytest.skip(f"course images not found at {folder} (set RETRIEVAL_COURSE_DATA)")
+    try:
+        enc = build_image_encoder(DEFAULT_IMAGE_ENCODER, views=DEFAULT_VIEWS)
+    except EncoderUnavailableError as exc:
+        pytest.skip(str(exc))
+    names, cached = combine_image_features(folder.parent, DEFAULT_IMAGE_ENCODER, DEFAULT_VIEWS)
+    live = enc.embed_batch([enc.preprocess(_decode(folder / n)) for n in names[:6]])
+    assert live.shape == cached[:6].shape == (6, enc.dim)
+    assert _cos(live, cached[:6]).min() > 0.999
+    np.testing.assert_allclose(np.linalg.norm(live, axis=1), np.linalg.norm(cached[:6], axis=1), rtol=1e-4)

@@ -30,8 +30,8 @@ def test_training_on_course_data_reproduces_shipped_model(tmp_path):
     rng = np.random.default_rng(0)
     img = rng.standard_normal((50, a.image_dim)).astype(np.float32)
     txt = rng.standard_normal((50, a.text_dim)).astype(np.float32)
-    np.testing.assert_allclose(shipped.score(shipped.project_images(img), shipped.project_texts(txt)),
-                               fresh.score(fresh.project_images(img), fresh.project_texts(txt)), atol=0.02)
+    np.testing.assert_allclose(shipped.score(shipped.project_images(img), shipped.project_texts(txt), txt),
+                               fresh.score(fresh.project_images(img), fresh.project_texts(txt), txt), atol=0.02)
     printed = json.loads(res.stdout[res.stdout.index("{"):])
     assert printed["validation"]["retrieval_non_child"]["R@1"] == pytest.approx(
         b.validation["validation"]["retrieval_non_child"]["R@1"])

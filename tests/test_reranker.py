@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from retrieval.reranker import (Calibration, Reranker, brier, ece, fit_calibration, fit_logistic, logit_grid,
                                 pair_features)
@@ -112,6 +113,52 @@ def test_logit_grid_equals_the_per_pair_logits_with_and_without_knn_products():
         assert grid.shape == (3, 7)
         for q in range(3):
             np.testing.assert_allclose(grid[q], rr.logit(zi, zt[q]), rtol=1e-5, atol=1e-5)
+
+
+def _raw_memory_reranker(rng: np.random.Generator, d: int = 6, d_raw: int = 9):
+    """Reranker whose memory also keeps raw captions: 20 images x 2 captions; returns (rr, zi, zt, raw queries)."""
+    from retrieval.reranker import build_memory
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    raw_captions = rng.normal(size=(40, d_raw)) * 3.0  # not normalised: build_memory normalises each caption
+    mem = build_memory(unit(rng.normal(size=(20, d))), unit(rng.normal(size=(40, d))), np.repeat(np.arange(20), 2), k=3,
+                       caption_raw=raw_captions)
+    rr = Reranker(rng.normal(size=3 + 2 * d).astype(np.float32), 0.3,
+                  Calibration(np.array([-10.0, 10.0], np.float32), np.array([0.0, 1.0], np.float32)), mem)
+    return rr, unit(rng.normal(size=(7, d))), unit(rng.normal(size=(7, d))), rng.normal(size=(7, d_raw)) * 2.0
+
+
+def test_raw_memory_feature_is_the_raw_query_cosine_with_the_neighbours_raw_captions():
+    rng = np.random.default_rng(8)
+    rr, zi, zt, raw = _raw_memory_reranker(rng)
+    assert rr.needs_raw_text() and rr.uses_knn_products()
+    feats = pair_features(zi, zt, rr.memory, knn_products=True, txt_raw=raw)
+    assert feats.shape == (7, 3 + 2 * 6)
+    # by hand: softmax-weighted mean of the k nearest images' normalised raw captions, normalised, dot normalised query
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    m = rr.memory
+    for i in range(7):
+        sim = m.img_z @ zi[i]
+        top = np.argsort(-sim)[: m.k]
+        w = np.exp((sim[top] - sim[top].max()) / m.temperature)
+        pseudo = unit((w[:, None] * m.raw_caption[top]).sum(0) / w.sum())
+        assert abs(feats[i, -1] - float(unit(raw[i]) @ pseudo)) < 1e-5
+    np.testing.assert_allclose(rr.logit(zi, zt, raw), feats @ rr.coef + 0.3, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="txt_raw"):
+        rr.logit(zi, zt)
+    again = Reranker.from_tensors(rr.to_tensors())
+    assert again.needs_raw_text()
+    np.testing.assert_array_equal(again.logit(zi, zt, raw), rr.logit(zi, zt, raw))
+
+
+def test_logit_grid_with_raw_memory_equals_the_per_pair_logits():
+    rng = np.random.default_rng(9)
+    rr, zi, zt, raw = _raw_memory_reranker(rng)
+    grid = logit_grid(rr.coef, rr.intercept, zt[:3], zi, rr.memory.pseudo_caption(zi), (raw[:3], rr.memory.pseudo_raw(zi)))
+    for q in range(3):
+        np.testing.assert_allclose(grid[q], rr.logit(zi, zt[q], raw[q]), rtol=1e-5, atol=1e-5)
 
 
 def test_listwise_term_teaches_the_ranking_that_graded_rows_do_not_show():

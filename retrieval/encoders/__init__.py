@@ -1,7 +1,8 @@
 """Encoder registry: one place turns an encoder name into an encoder object.
 
-Image names: efficientnet-lite0 (default part), efficientnet-lite2, resnet18, resnet50, fake-image; several joined
-with "+" are concatenated (e.g. "efficientnet-lite0+efficientnet-lite2"). Text names: all-mpnet-base-v2,
+Image names: efficientnet-lite0, efficientnet-lite2, efficientnet-lite2-hires (whole frame at 384 px, mean+max
+pooled, its own view), resnet18, resnet50, fake-image; several joined with "+" are concatenated (e.g.
+"efficientnet-lite0+efficientnet-lite2+efficientnet-lite2-hires", the default). Text names: all-mpnet-base-v2,
 all-MiniLM-L6-v2, bert-base-uncased (or any hub id, online), fake-text.
 """
 from __future__ import annotations
@@ -10,12 +11,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from retrieval.encoders.base import FloatArray, ImageEncoder, TextEncoder, encode_images
 
 __all__ = ["FloatArray", "ImageEncoder", "TextEncoder", "encode_images", "build_image_encoder", "build_text_encoder",
-           "IMAGE_ENCODERS", "TEXT_ENCODERS"]
+           "IMAGE_ENCODERS", "TEXT_ENCODERS", "part_views", "part_weight"]
 
-IMAGE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite2", "resnet18", "resnet50", "fake-image")
+IMAGE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite2-hires", "resnet18", "resnet50",
+                  "fake-image")
 TEXT_ENCODERS = ("all-mpnet-base-v2", "all-MiniLM-L6-v2", "bert-base-uncased", "fake-text")
 
 
@@ -23,7 +27,7 @@ def _one_image(name: str, weights: Path | None, views: Sequence[str], random_ini
     from retrieval.encoders import image
 
     if name.startswith("efficientnet-lite"):
-        if name not in ("efficientnet-lite0", "efficientnet-lite2"):
+        if name not in image.LITE_VARIANTS:
             raise ValueError(f"image encoder {name!r} is not supported; choose from {IMAGE_ENCODERS}")
         return image.efficientnet_lite(name, weights, views)
     if name in ("resnet18", "resnet50"):
@@ -46,6 +50,23 @@ def build_image_encoder(
     from retrieval.encoders.image import ConcatImageEncoder
 
     return ConcatImageEncoder([_one_image(n, None, views, random_init) for n in names])  # type: ignore[list-item]
+
+
+def part_views(name: str, views: Sequence[str]) -> tuple[str, ...]:
+    """The views one part of an image encoder really uses: its own (e.g. the hires part's "full"), else `views`."""
+    from retrieval.encoders.image import LITE_VARIANTS
+
+    variant = LITE_VARIANTS.get(name)
+    return variant.views if variant is not None and variant.views else tuple(views)
+
+
+def part_weight(name: str) -> float:
+    """Norm of one part inside a "+"-joined encoder: sqrt(pooled blocks), 1 for a plain mean pool (see
+    `ConcatImageEncoder`); the course feature cache combines parts with the same weights."""
+    from retrieval.encoders.image import LITE_VARIANTS
+
+    variant = LITE_VARIANTS.get(name)
+    return float(np.sqrt(2.0)) if variant is not None and variant.pool == "meanmax" else 1.0
 
 
 @lru_cache(maxsize=8)

@@ -50,12 +50,14 @@ class BlockSpec:
 
 @dataclass(frozen=True, eq=False)
 class LiteSpec:
-    """The whole trunk up to the 1280-channel head; pooled features = mean over H, W of the head output."""
+    """The whole trunk up to the 1280-channel head; pooled features = mean over H, W of the head output, then (pool
+    "meanmax") its max over H, W."""
 
     size: int
     stem: ConvSpec
     blocks: tuple[BlockSpec, ...]
     head: ConvSpec
+    pool: str = "mean"
 
 
 def _conv_spec(conv: Any, bn: Any, relu6: bool) -> ConvSpec:
@@ -78,7 +80,7 @@ def _conv_spec(conv: Any, bn: Any, relu6: bool) -> ConvSpec:
     )
 
 
-def lite_spec(net: Any, size: int) -> LiteSpec:
+def lite_spec(net: Any, size: int, pool: str = "mean") -> LiteSpec:
     """Folded description of an `efficientnet_lite_pytorch.EfficientNet` (Lite0-4: ReLU6, no squeeze-excite)."""
     import torch
 
@@ -95,7 +97,10 @@ def lite_spec(net: Any, size: int) -> LiteSpec:
                 residual=bool(a.id_skip and a.stride == 1 and a.input_filters == a.output_filters),
             )
         )
-    return LiteSpec(size, _conv_spec(net._conv_stem, net._bn0, True), tuple(blocks), _conv_spec(net._conv_head, net._bn1, True))
+    if pool not in ("mean", "meanmax"):
+        raise ValueError(f"pool {pool!r} is not supported; choose 'mean' or 'meanmax'")
+    return LiteSpec(size, _conv_spec(net._conv_stem, net._bn0, True), tuple(blocks),
+                    _conv_spec(net._conv_head, net._bn1, True), pool)
 
 
 # ---------------------------------------------------------------------------------------------------- OpenVINO
@@ -110,7 +115,7 @@ def openvino_available() -> bool:
 
 
 def openvino_forward(spec: LiteSpec, threads: int) -> Callable[[FloatArray], FloatArray]:
-    """Compile `spec` for the CPU: (B,3,S,S) float32 normalised -> (B,1280) pooled features, in float32.
+    """Compile `spec` for the CPU: (B,3,S,S) float32 normalised -> (B,1280) pooled features (B,2560 for "meanmax").
 
     The precision hint is pinned to f32: on CPUs with bf16/AMX OpenVINO would otherwise default to bf16.
     """
@@ -136,7 +141,10 @@ def openvino_forward(spec: LiteSpec, threads: int) -> Callable[[FloatArray], Flo
         y = conv(conv(y, b.depthwise), b.project)
         h = ops.add(y, h) if b.residual else y
     h = conv(h, spec.head)
-    pooled = ops.reduce_mean(h, ops.constant(np.array([2, 3], np.int64)), keep_dims=False)
+    axes = ops.constant(np.array([2, 3], np.int64))
+    pooled = ops.reduce_mean(h, axes, keep_dims=False)
+    if spec.pool == "meanmax":
+        pooled = ops.concat([pooled, ops.reduce_max(h, axes, keep_dims=False)], 1)
     model = ov.Model([pooled], [x], "efficientnet_lite_pooled")
     config = {"INFERENCE_NUM_THREADS": max(1, int(threads)), "INFERENCE_PRECISION_HINT": "f32",
               "PERFORMANCE_HINT": "LATENCY"}
@@ -170,10 +178,12 @@ def keep_freed_memory() -> bool:
 
 
 def torch_module(spec: LiteSpec) -> Any:
-    """Plain torch module for `spec` (eval, channels_last). Input (B,3,S,S) float32 -> (B,1280)."""
+    """Plain torch module for `spec` (eval, channels_last). Input (B,3,S,S) float32 -> pooled (B,1280 or 2560)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
+
+    from retrieval.encoders.image import lite_pool
 
     def make_conv(c: ConvSpec, pad_in_conv: bool) -> nn.Conv2d:
         o, i, kh, kw = c.weight.shape
@@ -230,6 +240,6 @@ def torch_module(spec: LiteSpec) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = F.hardtanh_(self.stem(F.pad(x, self.stem_pad)), 0.0, 6.0)
             x = F.hardtanh_(self.head(self.blocks(x)), 0.0, 6.0)
-            return x.mean(dim=(2, 3))
+            return lite_pool(x, spec.pool)
 
     return TorchLite().eval().to(memory_format=torch.channels_last)
