@@ -51,16 +51,22 @@ class CaptionMemory:
         w = np.exp(w - w.max(axis=1, keepdims=True))
         return top, w / w.sum(axis=1, keepdims=True)
 
-    def pseudo_caption(self, img_z: np.ndarray) -> FloatArray:
+    def pseudo(self, img_z: np.ndarray) -> tuple[FloatArray, FloatArray | None]:
+        """(pseudo caption, L2-normalised pseudo raw caption or None without raw captions), one neighbour search."""
         top, w = self._neighbours(img_z)
-        return np.einsum("nk,nkd->nd", w, self.caption_mean[top]).astype(np.float32)
+        caption = np.einsum("nk,nkd->nd", w, self.caption_mean[top]).astype(np.float32)
+        raw = None if self.raw_caption is None else _l2(np.einsum("nk,nkd->nd", w, self.raw_caption[top]))
+        return caption, raw
+
+    def pseudo_caption(self, img_z: np.ndarray) -> FloatArray:
+        return self.pseudo(img_z)[0]
 
     def pseudo_raw(self, img_z: np.ndarray) -> FloatArray:
         """L2-normalised weighted mean of the neighbours' raw caption vectors (requires `raw_caption`)."""
-        if self.raw_caption is None:
+        raw = self.pseudo(img_z)[1]
+        if raw is None:
             raise ValueError("this caption memory has no raw captions")
-        top, w = self._neighbours(img_z)
-        return _l2(np.einsum("nk,nkd->nd", w, self.raw_caption[top]))
+        return raw
 
 
 def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | None = None,
@@ -75,14 +81,15 @@ def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | 
     prod = img_z * txt_z
     parts = [prod.sum(axis=1, keepdims=True), prod]
     if memory is not None:
-        kp = memory.pseudo_caption(img_z) * txt_z
+        if memory.raw_caption is not None and txt_raw is None:
+            raise ValueError("this reranker compares the raw text feature with its caption memory: pass txt_raw")
+        pseudo, pseudo_raw = memory.pseudo(img_z)
+        kp = pseudo * txt_z
         parts.append(kp.sum(axis=1, keepdims=True))
         if knn_products:
             parts.append(kp)
-        if memory.raw_caption is not None:
-            if txt_raw is None:
-                raise ValueError("this reranker compares the raw text feature with its caption memory: pass txt_raw")
-            parts.append(np.sum(_l2(txt_raw) * memory.pseudo_raw(img_z), axis=1, keepdims=True))
+        if pseudo_raw is not None:
+            parts.append(np.sum(_l2(txt_raw) * pseudo_raw, axis=1, keepdims=True))
     return np.concatenate(parts, axis=1)
 
 

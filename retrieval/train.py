@@ -195,8 +195,8 @@ def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text
         zi = proj.project_images(emb.image_feats[va])
         zt = proj.project_texts(emb.text_feats[ev.caption_txt[qm]])
         raw = emb.text_feats[ev.caption_txt[qm]] if cfg.raw_memory else None
-        pseudo = memory.pseudo_caption(zi) if memory is not None else None
-        raw_pair = (raw, memory.pseudo_raw(zi)) if memory is not None and raw is not None else None
+        pseudo, pseudo_raw = memory.pseudo(zi) if memory is not None else (None, None)
+        raw_pair = (raw, pseudo_raw) if pseudo_raw is not None else None
         fold_data.append((zi, zt, col[ev.caption_img[qm]], ~text_child[ev.caption_txt[qm]], pseudo, raw_pair))
         if cfg.rank_loss_weight > 0:  # listwise training data: allowed queries against allowed gallery images only
             ok_img = ~restricted[va] if rule else np.ones(len(va), bool)
