@@ -67,9 +67,10 @@ class HeadConfig:
     recall_tolerance: float = 0.0
     #: listwise term of the reranker fit (0 = logistic only): softmax over each OOF validation caption's
     #: `rank_candidates` nearest allowed gallery images (cosine) pushing its own image first (reranker.fit_listwise),
-    #: so the logit itself ranks as well as the cosine. 10-fold, non-child: 0.1 -> logit alone 52.0/85.9/93.9,
-    #: tau-c .614 / tau-b .348; chosen strict blend 1*logit+1*cos 52.1/86.0/93.9, .609 / .349 (cosine 51.6/85.9/93.7).
-    #: 0.3 ranks better (logit alone 52.5/85.8/93.8) but its strict blend only reaches .596 / .348.
+    #: so the logit itself ranks as well as the cosine. 10-fold, non-child, Lite0+Lite2 features without the raw
+    #: memory: 0.1 -> logit alone 52.0/85.9/93.9, tau-c .614 / tau-b .348; strict blend 1*logit+1*cos 52.1/86.0/93.9,
+    #: .609 / .349 (cosine 51.6/85.9/93.7); 0.3 ranks better (logit alone 52.5/85.8/93.8) but reaches only .596 / .348.
+    #: Current default (+ hires part, raw memory): the logit alone is the strict key, 53.2/86.6/94.7, .626 / .355.
     rank_loss_weight: float = 0.1
     rank_candidates: int = 20
     rank_steps: int = 200
