@@ -59,14 +59,19 @@ def _whitener(x: np.ndarray, reg: float, k: int | None = None) -> np.ndarray:
     signal, so CCA and ridge give them no weight either way (same projection, tests/test_projection.py).
     """
     n, dim = x.shape
-    if n < dim:
-        _, sing, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
-        vals, vecs = sing**2 / max(n - 1, 1), vt.T
-        eps = reg * float(vals.sum()) / dim  # mean over all `dim` eigenvalues, the zero ones included
-        if k is not None:
-            vals, vecs = vals[:k], vecs[:, :k]
-        return vecs / np.sqrt(vals + eps)[None, :]
-    cov = (x.T @ x) / max(n - 1, 1)
+    if n >= dim:
+        return _eigh_whitener(x, reg, k)
+    _, sing, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+    vals, vecs = sing**2 / max(n - 1, 1), vt.T
+    eps = reg * float(vals.sum()) / dim  # mean over all `dim` eigenvalues, the zero ones included
+    if k is not None:
+        vals, vecs = vals[:k], vecs[:, :k]
+    return vecs / np.sqrt(vals + eps)[None, :]
+
+
+def _eigh_whitener(x: np.ndarray, reg: float, k: int | None = None) -> np.ndarray:
+    """`_whitener` from the eigendecomposition of the D x D covariance (every direction of the feature space)."""
+    cov = (x.T @ x) / max(len(x) - 1, 1)
     vals, vecs = np.linalg.eigh(cov.astype(np.float64))
     order = np.argsort(vals)[::-1]
     vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]

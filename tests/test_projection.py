@@ -42,18 +42,6 @@ def test_tensor_round_trip_gives_identical_outputs():
     np.testing.assert_array_equal(proj.project_images(img[:5]), again.project_images(img[:5]))
 
 
-def _eigh_whitener(x: np.ndarray, reg: float, k: int | None = None) -> np.ndarray:
-    """The covariance-eigh whitener (every direction of the feature space), as a reference."""
-    cov = (x.T @ x) / max(len(x) - 1, 1)
-    vals, vecs = np.linalg.eigh(cov)
-    order = np.argsort(vals)[::-1]
-    vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]
-    eps = reg * float(np.mean(vals))
-    if k is not None:
-        vals, vecs = vals[:k], vecs[:, :k]
-    return vecs / np.sqrt(vals + eps)[None, :]
-
-
 @pytest.mark.parametrize("fit", [lambda i, t, p: fit_cca(i, t, p, d=12, reg_img=10.0, reg_txt=3.0),
                                  lambda i, t, p: fit_ridge(i, t, p, d=12, lam=0.1)])
 def test_thin_whitening_gives_the_same_projection_when_features_outnumber_images(fit, monkeypatch):
@@ -67,7 +55,7 @@ def test_thin_whitening_gives_the_same_projection_when_features_outnumber_images
     train = owner < 80
     pairs = Pairs(owner[train], np.flatnonzero(train))
     thin = fit(img, txt, pairs)
-    monkeypatch.setattr(projection, "_whitener", _eigh_whitener)
+    monkeypatch.setattr(projection, "_whitener", projection._eigh_whitener)  # every direction, as the reference
     full = fit(img, txt, pairs)
     test_txt = np.flatnonzero(~train)
     sim = lambda p: p.project_texts(txt[test_txt]) @ p.project_images(img[80:]).T  # noqa: E731
