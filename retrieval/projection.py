@@ -127,11 +127,16 @@ def fit_cca(
     w = pairs.w()[:, None]
     cross = (b * w).T @ a / w.sum()
     u, s, vt = np.linalg.svd(cross, full_matrices=False)
-    d = min(d, len(s))
-    scale = s[:d] ** power
+    # The output width depends on the feature sizes only, never on how many images a fold has: directions beyond
+    # the data's rank (a thin whitener with fewer rows than dimensions) have correlation 0 and stay zero columns.
+    d = min(d, pca_img or img_x.shape[1], pca_txt or txt_x.shape[1])
+    k = min(d, len(s))
+    scale = s[:k] ** power
+    img_W, txt_W = np.zeros((img_x.shape[1], d)), np.zeros((txt_x.shape[1], d))
+    img_W[:, :k], txt_W[:, :k] = wi @ vt[:k].T * scale, wt @ u[:, :k] * scale
     return LinearProjection(
-        img_mean=mi.astype(np.float32), img_W=(wi @ vt[:d].T * scale).astype(np.float32),
-        txt_mean=mt.astype(np.float32), txt_W=(wt @ u[:, :d] * scale).astype(np.float32),
+        img_mean=mi.astype(np.float32), img_W=img_W.astype(np.float32),
+        txt_mean=mt.astype(np.float32), txt_W=txt_W.astype(np.float32),
     )
 
 
@@ -147,12 +152,14 @@ def fit_ridge(
     xi_all = l2n(np.asarray(img_x, np.float64)) - mi
     xt_all = l2n(np.asarray(txt_x, np.float64)) - mt
     wi = _whitener(xi_all[np.unique(pairs.img)], reg_img, d)
+    if wi.shape[1] < min(d, xi_all.shape[1]):  # fewer training images than d: the missing directions stay zero
+        wi = np.pad(wi, ((0, 0), (0, min(d, xi_all.shape[1]) - wi.shape[1])))
     wt = _whitener(xt_all[np.unique(pairs.txt)], reg_txt) if whiten_txt else np.eye(xt_all.shape[1])
     y = xi_all[pairs.img] @ wi
     x = xt_all[pairs.txt] @ wt
     w = pairs.w()[:, None]
     gram = (x * w).T @ x
-    lam_abs = lam * float(np.trace(gram)) / gram.shape[0]
+    lam_abs = lam * float(np.trace(gram)) / wt.shape[0]  # per text dimension, whether or not the whitener is thin
     beta = np.linalg.solve(gram + lam_abs * np.eye(gram.shape[0]), (x * w).T @ y)
     return LinearProjection(
         img_mean=mi.astype(np.float32), img_W=wi.astype(np.float32),

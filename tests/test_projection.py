@@ -60,3 +60,20 @@ def test_thin_whitening_gives_the_same_projection_when_features_outnumber_images
     test_txt = np.flatnonzero(~train)
     sim = lambda p: p.project_texts(txt[test_txt]) @ p.project_images(img[80:]).T  # noqa: E731
     np.testing.assert_allclose(sim(thin), sim(full), atol=1e-4)
+
+
+@pytest.mark.parametrize("fit", [lambda i, t, p: fit_cca(i, t, p, d=256), lambda i, t, p: fit_ridge(i, t, p, d=256)])
+def test_output_width_depends_on_feature_sizes_not_on_the_number_of_training_images(fit):
+    """K-fold training stacks reranker features of every fold: each fold's projection must have the same width even
+    when a fold has fewer images than dimensions (the thin whitener spans fewer directions)."""
+    rng = np.random.default_rng(4)
+    img, txt = rng.normal(size=(12, 11)).astype(np.float32), rng.normal(size=(36, 9)).astype(np.float32)
+    owner = np.tile(np.arange(12), 3)
+    widths = set()
+    for n_train in (4, 7, 12):
+        keep = owner < n_train
+        proj = fit(img, txt, Pairs(owner[keep], np.flatnonzero(keep)))
+        z_img, z_txt = proj.project_images(img), proj.project_texts(txt)
+        assert np.isfinite(z_img).all() and np.isfinite(z_txt).all()
+        widths.add((z_img.shape[1], z_txt.shape[1]))
+    assert len(widths) == 1  # CCA: min(d, image dim, text dim) = 9; ridge: min(d, image dim) = 11
