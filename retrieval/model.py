@@ -94,8 +94,8 @@ class RetrievalModel:
     def score(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
         """Calibrated relevance in [0, 1] for aligned rows (falls back to (cos+1)/2 without a reranker).
 
-        txt_raw: the texts' raw text-encoder features (what `project_texts` was given); required when
-        `needs_raw_text()`."""
+        txt_raw: the texts' raw text-encoder features (what `project_texts` was given); required when the reranker's
+        caption memory keeps raw captions (`Reranker.needs_raw_text`)."""
         return self.calibrate(self.rank_key(img_z, txt_z, txt_raw))
 
     def calibrate(self, key: np.ndarray) -> FloatArray:
@@ -104,9 +104,6 @@ class RetrievalModel:
             cos = np.asarray(key, np.float32) / (self.config.rank_cos_weight or 1.0)
             return np.clip((cos + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
         return self.reranker.calibration(key)
-
-    def needs_raw_text(self) -> bool:
-        return self.reranker is not None and self.reranker.needs_raw_text()
 
     def rank_key(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
         """Ordering key for search results: a * reranker logit + b * cosine (config rank_*_weight).
