@@ -50,32 +50,24 @@ class LinearProjection:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _whitener(x: np.ndarray, reg: float, k: int | None = None) -> np.ndarray:
+def _whitener(x: np.ndarray, reg: float, k: int | None = None, full: bool = False) -> np.ndarray:
     """(D, k) matrix W with W' C W ~= I for the (regularised) covariance C of centred rows x (PCA whitening).
 
     `reg` is relative to the mean eigenvalue so one value works for every encoder. With fewer rows than dimensions
     (1,000 images, 5,120-d default features) the eigenvectors come from a thin SVD of x, O(n^2 D) instead of the
     O(D^3) covariance eigh, and only the n directions the rows span are returned: the others carry no training
     signal, so CCA and ridge give them no weight either way (same projection, tests/test_projection.py).
+    `full` forces the eigh over every direction of the feature space (the tests' reference).
     """
     n, dim = x.shape
-    if n >= dim:
-        return _eigh_whitener(x, reg, k)
-    _, sing, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
-    vals, vecs = sing**2 / max(n - 1, 1), vt.T
+    if n >= dim or full:
+        vals, vecs = np.linalg.eigh(((x.T @ x) / max(n - 1, 1)).astype(np.float64))
+        order = np.argsort(vals)[::-1]
+        vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]
+    else:
+        _, sing, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+        vals, vecs = sing**2 / max(n - 1, 1), vt.T
     eps = reg * float(vals.sum()) / dim  # mean over all `dim` eigenvalues, the zero ones included
-    if k is not None:
-        vals, vecs = vals[:k], vecs[:, :k]
-    return vecs / np.sqrt(vals + eps)[None, :]
-
-
-def _eigh_whitener(x: np.ndarray, reg: float, k: int | None = None) -> np.ndarray:
-    """`_whitener` from the eigendecomposition of the D x D covariance (every direction of the feature space)."""
-    cov = (x.T @ x) / max(len(x) - 1, 1)
-    vals, vecs = np.linalg.eigh(cov.astype(np.float64))
-    order = np.argsort(vals)[::-1]
-    vals, vecs = np.clip(vals[order], 0, None), vecs[:, order]
-    eps = reg * float(np.mean(vals))
     if k is not None:
         vals, vecs = vals[:k], vecs[:, :k]
     return vecs / np.sqrt(vals + eps)[None, :]

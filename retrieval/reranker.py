@@ -16,12 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from retrieval.projection import l2n
+
 FloatArray = npt.NDArray[np.float32]
-
-
-def _l2(x: np.ndarray) -> FloatArray:
-    x = np.atleast_2d(np.asarray(x, np.float32))
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ class CaptionMemory:
         """(pseudo caption, L2-normalised pseudo raw caption or None without raw captions), one neighbour search."""
         top, w = self._neighbours(img_z)
         caption = np.einsum("nk,nkd->nd", w, self.caption_mean[top]).astype(np.float32)
-        raw = None if self.raw_caption is None else _l2(np.einsum("nk,nkd->nd", w, self.raw_caption[top]))
+        raw = None if self.raw_caption is None else l2n(np.einsum("nk,nkd->nd", w, self.raw_caption[top]).astype(np.float32))
         return caption, raw
 
     def pseudo_caption(self, img_z: np.ndarray) -> FloatArray:
@@ -89,7 +86,7 @@ def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | 
         if knn_products:
             parts.append(kp)
         if pseudo_raw is not None:
-            parts.append(np.sum(_l2(txt_raw) * pseudo_raw, axis=1, keepdims=True))
+            parts.append(np.sum(l2n(np.asarray(txt_raw, np.float32)) * pseudo_raw, axis=1, keepdims=True))
     return np.concatenate(parts, axis=1)
 
 
@@ -108,7 +105,7 @@ def logit_grid(coef: np.ndarray, intercept: float, txt_z: np.ndarray, img_z: np.
         if len(coef) - (raw is not None) == 2 + 2 * d:
             out += (txt_z * coef[2 + d : 2 + 2 * d]) @ pseudo.T
     if raw is not None:
-        out += coef[-1] * (_l2(raw[0]) @ np.asarray(raw[1], np.float32).T)
+        out += coef[-1] * (l2n(np.asarray(raw[0], np.float32)) @ np.asarray(raw[1], np.float32).T)
     return out.astype(np.float32)
 
 
@@ -296,7 +293,7 @@ def build_memory(img_z: np.ndarray, caption_z: np.ndarray, caption_img: np.ndarr
         np.add.at(sums, caption_img, x)
         return (sums[keep] / counts[keep, None]).astype(np.float32)
 
-    raw = per_image_mean(_l2(caption_raw)) if caption_raw is not None else None
+    raw = per_image_mean(l2n(np.asarray(caption_raw, np.float32))) if caption_raw is not None else None
     return CaptionMemory(np.asarray(img_z, np.float32)[keep], per_image_mean(caption_z), k, temperature, raw)
 
 

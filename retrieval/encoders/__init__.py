@@ -27,9 +27,7 @@ def _one_image(name: str, weights: Path | None, views: Sequence[str], random_ini
     from retrieval.encoders import image
 
     if name.startswith("efficientnet-lite"):
-        if name not in image.LITE_VARIANTS:
-            raise ValueError(f"image encoder {name!r} is not supported; choose from {IMAGE_ENCODERS}")
-        return image.efficientnet_lite(name, weights, views)
+        return image.efficientnet_lite(name, weights, views)  # refuses names outside LITE_VARIANTS
     if name in ("resnet18", "resnet50"):
         return image.resnet(name, weights, views, random_init=random_init)
     if name == "fake-image":
@@ -66,7 +64,7 @@ def part_weight(name: str) -> float:
     from retrieval.encoders.image import LITE_VARIANTS
 
     variant = LITE_VARIANTS.get(name)
-    return float(np.sqrt(2.0)) if variant is not None and variant.pool == "meanmax" else 1.0
+    return float(np.sqrt(variant.blocks)) if variant is not None else 1.0
 
 
 @lru_cache(maxsize=8)

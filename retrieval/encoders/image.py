@@ -228,6 +228,11 @@ class LiteVariant:
     pool: str = "mean"
     views: tuple[str, ...] | None = None
 
+    @property
+    def blocks(self) -> int:
+        """Pooled blocks per image: 1 (mean) or 2 (mean, max)."""
+        return 2 if self.pool == "meanmax" else 1
+
 
 #: Registry names of the EfficientNet-Lite encoders. "-hires": Lite2 on the whole frame at 384 px, mean+max pooled;
 #: added to Lite0+Lite2 it moved the cosine's non-child R@1 51.6 -> 52.9 and the reranker logit's expert tau-c
@@ -287,10 +292,9 @@ def efficientnet_lite(
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state)
     fast, chosen = _lite_fast(net.eval(), variant.size, variant.pool, backend, threads)
-    blocks = 2 if variant.pool == "meanmax" else 1
-    return TorchImageEncoder(name, _lite_pooled(net, variant.pool), 1280 * blocks, variant.size, (0.5,) * 3,
+    return TorchImageEncoder(name, _lite_pooled(net, variant.pool), 1280 * variant.blocks, variant.size, (0.5,) * 3,
                              (0.5,) * 3, _cached_sha(str(path)), variant.views or views, fast=fast, backend=chosen,
-                             blocks=blocks)
+                             blocks=variant.blocks)
 
 
 def _lite_fast(net: Any, size: int, pool: str, backend: str, threads: int | None
