@@ -90,7 +90,7 @@ def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir:
     txt_raw = retriever.text_encoder.encode(texts)
     txt_z = retriever.model.project_texts(txt_raw)
     cosine = txt_z @ img_z.T
-    rerank = np.stack([retriever.model.rank_key(img_z, z, r) for z, r in zip(txt_z, txt_raw)])
+    rerank = retriever.model.rank_grid(img_z, txt_z, txt_raw)
     child = mentions_child(texts)
     metrics: dict[str, Any] = {"n_queries": len(texts), "n_images": len(names), "n_child_queries": int(child.sum())}
     for subset, mask in (("all", np.ones(len(texts), bool)), ("non_child", ~child)):

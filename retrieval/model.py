@@ -116,6 +116,16 @@ class RetrievalModel:
             return (b * cos if b else cos).astype(np.float32)
         return (a * self.reranker.logit(img_z, txt_z, txt_raw) + b * cos).astype(np.float32)
 
+    def rank_grid(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
+        """`rank_key` of every (text, image) pair, (n_txt, n_img): ranks whole galleries (evaluate) with the
+        gallery-side work (caption-memory neighbours) done once instead of once per query."""
+        img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
+        cos = txt_z @ img_z.T
+        a, b = self.config.rank_logit_weight, self.config.rank_cos_weight
+        if self.reranker is None or a == 0.0:
+            return (b * cos if b else cos).astype(np.float32)
+        return (a * self.reranker.logit_grid(img_z, txt_z, txt_raw) + b * cos).astype(np.float32)
+
     def child_image_prob(self, feats: np.ndarray) -> FloatArray:
         if self.image_probe is None:
             raise ModelMismatchError("this model has no child image probe; retrain it with `retrieve train`")

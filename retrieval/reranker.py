@@ -168,6 +168,17 @@ class Reranker:
         feats = pair_features(img_z, txt_z, self.memory, self.uses_knn_products(), txt_raw)
         return (feats @ self.coef + self.intercept).astype(np.float32)
 
+    def logit_grid(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
+        """Logits of every (text, image) pair, (n_txt, n_img): the memory's neighbour search runs once per image,
+        not once per pair as stacking `logit` rows would."""
+        pseudo = pseudo_raw = None
+        if self.memory is not None:
+            if self.needs_raw_text() and txt_raw is None:
+                raise ValueError("this reranker compares the raw text feature with its caption memory: pass txt_raw")
+            pseudo, pseudo_raw = self.memory.pseudo(np.atleast_2d(img_z))
+        raw = (np.atleast_2d(txt_raw), pseudo_raw) if pseudo_raw is not None else None
+        return logit_grid(self.coef, self.intercept, np.atleast_2d(txt_z), np.atleast_2d(img_z), pseudo, raw)
+
     def score(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
         return self.calibration(self.logit(img_z, txt_z, txt_raw))
 

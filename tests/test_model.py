@@ -97,3 +97,17 @@ def test_rank_key_blends_reranker_logit_and_cosine():
     np.testing.assert_allclose(m.rank_key(zi, zt[0]), cos, rtol=1e-6)  # default: plain cosine
     m.config = replace(m.config, rank_logit_weight=1.0, rank_cos_weight=3.0)
     np.testing.assert_allclose(m.rank_key(zi, zt[0]), m.reranker.logit(zi, zt) + 3.0 * cos, rtol=1e-5)
+
+
+def test_rank_grid_equals_rank_key_per_query_for_every_blend():
+    from dataclasses import replace
+
+    m = _model()
+    rng = np.random.default_rng(11)
+    zi, zt = m.project_images(rng.normal(size=(6, 12))), m.project_texts(rng.normal(size=(4, 10)))
+    for a, b in ((0.0, 1.0), (1.0, 0.0), (1.0, 2.0)):
+        m.config = replace(m.config, rank_logit_weight=a, rank_cos_weight=b)
+        grid = m.rank_grid(zi, zt)
+        assert grid.shape == (4, 6)
+        for q in range(4):
+            np.testing.assert_allclose(grid[q], m.rank_key(zi, zt[q]), rtol=1e-5, atol=1e-5)

@@ -161,6 +161,21 @@ def test_logit_grid_with_raw_memory_equals_the_per_pair_logits():
         np.testing.assert_allclose(grid[q], rr.logit(zi, zt[q], raw[q]), rtol=1e-5, atol=1e-5)
 
 
+def test_reranker_logit_grid_runs_the_memory_once_and_equals_the_per_query_logits(monkeypatch):
+    rng = np.random.default_rng(10)
+    rr, zi, zt, raw = _raw_memory_reranker(rng)
+    calls = []
+    real = type(rr.memory).pseudo
+    monkeypatch.setattr(type(rr.memory), "pseudo", lambda self, z: calls.append(len(z)) or real(self, z))
+    grid = rr.logit_grid(zi, zt[:4], raw[:4])
+    assert calls == [len(zi)]  # one neighbour search for the whole gallery
+    assert grid.shape == (4, 7)
+    for q in range(4):
+        np.testing.assert_allclose(grid[q], rr.logit(zi, zt[q], raw[q]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="txt_raw"):
+        rr.logit_grid(zi, zt[:4])
+
+
 def test_listwise_term_teaches_the_ranking_that_graded_rows_do_not_show():
     from retrieval.reranker import fit_listwise
 

