@@ -75,6 +75,11 @@ def test_numpy_forward_matches_transformers_on_tiny_random_model(tmp_path, monke
     assert isinstance(again.w["0.qkv.w"], np.memmap)  # mapped from the cache, not prepared again
     np.testing.assert_array_equal(again(ids, mask), got)
 
+    pytest.importorskip("openvino")
+    compiled = text_fast.OpenVinoTransformer(again)
+    for rows in (slice(0, 2), slice(1, 2)):  # the padded batch, then one sentence alone (another input shape)
+        np.testing.assert_allclose(compiled(ids[rows], mask[rows])[real[rows]], ref[rows][real[rows]], atol=1e-4, rtol=1e-4)
+
 
 # ---------------------------------------------------------------------------------------- real models (slow)
 @pytest.fixture(scope="module")
@@ -94,16 +99,19 @@ def course_texts() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["numpy", "openvino"])
 @pytest.mark.parametrize("name", ["all-MiniLM-L6-v2", "all-mpnet-base-v2"])
-def test_numpy_backend_matches_transformers_on_course_texts(name: str, course_texts: list[str]) -> None:
+def test_fast_backends_match_transformers_on_course_texts(name: str, backend: str, course_texts: list[str]) -> None:
     from retrieval.encoders import text
 
     try:
         folder = text.minilm_path() if name == "all-MiniLM-L6-v2" else text.mpnet_path()
     except Exception as exc:  # the weights packages are optional for the fast suite
         pytest.skip(f"{name} weights not installed: {exc}")
+    if backend == "openvino":
+        pytest.importorskip("openvino")
     ref = text.load(name, folder, 128, backend="transformers")
-    fast = text.load(name, folder, 128, backend="numpy")
+    fast = text.load(name, folder, 128, backend=backend)
     assert isinstance(fast, text.FastTextEncoder) and isinstance(ref, text.HFTextEncoder)
     assert fast.dim == ref.dim and fast.checksum() == ref.checksum()
 
@@ -114,8 +122,38 @@ def test_numpy_backend_matches_transformers_on_course_texts(name: str, course_te
     a, b = ref.encode(course_texts), fast.encode(course_texts)
     cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= 0.999, f"worst cosine {cos.min():.6f} for {course_texts[int(cos.argmin())]!r}"
-    # A single query (the one-thread path) gives the same vector as the batched path.
+    assert (fast.forward is not None) == (backend == "openvino")  # a batch compiles the OpenVINO layers
+    # A single query gives the same vector as the batched path.
     np.testing.assert_allclose(fast.encode(course_texts[:1])[0], b[0], atol=1e-4)
+
+
+def test_openvino_backend_compiles_only_when_a_process_encodes_more_than_one_query() -> None:
+    """One-shot CLI query: numpy forward, no compile; a second call, a batch or `warm` compile once; same vectors."""
+    pytest.importorskip("openvino")
+    from retrieval.encoders import text
+
+    try:
+        folder = text.minilm_path()
+    except Exception as exc:
+        pytest.skip(f"all-MiniLM-L6-v2 weights not installed: {exc}")
+    queries = ["a dog runs on the beach", "two men play football in a muddy field"]
+    enc = text.load("all-MiniLM-L6-v2", folder, 128, backend="openvino")
+    first = enc.encode(queries[:1])
+    assert enc.forward is None
+    second = enc.encode(queries[:1])
+    compiled = enc.forward
+    assert compiled is not None
+    np.testing.assert_allclose(second, first, atol=1e-5)
+    enc.warm()
+    assert enc.forward is compiled
+    batch = text.load("all-MiniLM-L6-v2", folder, 128, backend="openvino")
+    batch.encode(queries * 3)
+    assert batch.forward is not None
+    numpy_only = text.load("all-MiniLM-L6-v2", folder, 128, backend="numpy")
+    numpy_only.encode(queries * 3)
+    numpy_only.warm()
+    assert numpy_only.forward is None
+    np.testing.assert_allclose(batch.encode(queries), numpy_only.encode(queries), atol=1e-5)
 
 
 @pytest.mark.parametrize(("cores", "load", "busy"), [(2, 0.2, False), (2, 1.0, True), (8, 5.0, False), (8, 7.0, True)])

@@ -16,7 +16,11 @@ def load_app(index_dir: str | Path, model_dir: str | Path | None = None, policy:
     from retrieval.server.app import create_app
 
     policy = validate_policy(policy)
-    return create_app(Retriever.open(index_dir, model_dir), policy)
+    retriever = Retriever.open(index_dir, model_dir)
+    warm = getattr(retriever.text_encoder, "warm", None)
+    if warm is not None:  # compile the fast text path before the first request, not during it
+        warm()
+    return create_app(retriever, policy)
 
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
