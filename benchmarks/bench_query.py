@@ -279,13 +279,15 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
 
 
 def ef_sweep(index: Any, q: np.ndarray, ref: np.ndarray, n_cand: int, default_ef: int) -> list[dict[str, float]]:
+    from index_store.ann import HNSW_PARAMS
+
     rows = []
-    for ef in (32, 64, 128, 256, 512):
+    for ef in (32, 64, 128, 256, 512, 768, 1024):
         index.hnsw.efSearch = max(ef, n_cand)
         _, got = index.search(q, n_cand)
         rows.append({"efSearch": index.hnsw.efSearch, "recall_at_10": recall(got, ref),
                      "ann_p50_ms": median_ms(single_query_ms(index, q, n_cand))})
-    index.hnsw.efSearch = default_ef or 512
+    index.hnsw.efSearch = default_ef or HNSW_PARAMS["efSearch"]
     return rows
 
 

@@ -259,8 +259,8 @@ def backend_from_env() -> str:
 
 def load(model_id: str, folder: Path | None, max_tokens: int, random_init: bool = False,
          backend: str | None = None) -> FastTextEncoder | HFTextEncoder:
-    """The numpy backend for a local BERT/MPNet checkpoint, else (random init, hub ids, backend "transformers")
-    the transformers reference."""
+    """The OpenVINO / numpy backend for a local BERT/MPNet checkpoint, else (random init, hub ids, backend
+    "transformers") the transformers reference."""
     backend = backend or backend_from_env()
     if backend in ("openvino", "numpy") and folder is not None and not random_init and _numpy_supported(folder):
         return FastTextEncoder(model_id, folder, max_tokens, openvino=backend == "openvino")

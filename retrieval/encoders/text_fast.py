@@ -30,11 +30,13 @@ ARCHITECTURES = ("bert", "mpnet")
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """name -> read-only array view into one memory map of the file (pages are read on first touch)."""
+    """name -> array view into one copy-on-write memory map of the file (pages are read on first touch; the file is
+    never written). Copy-on-write rather than read-only so that OpenVINO can use the pages as its constants without
+    copying them (`shared_memory=True` needs a writeable buffer): 330 MB less memory for mpnet."""
     with open(path, "rb") as fh:
         header_len = int.from_bytes(fh.read(8), "little")
         header = json.loads(fh.read(header_len))
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    raw = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + header_len)
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -263,7 +265,7 @@ def _compile_layers(model: NumpyTransformer, threads: int | None) -> Any:
     dh = hid // h
 
     def const(name: str) -> Any:
-        return ops.constant(np.ascontiguousarray(w[name], np.float32))
+        return ops.constant(np.ascontiguousarray(w[name], np.float32), shared_memory=True)
 
     def linear(x: Any, i: int, role: str) -> Any:
         return ops.add(ops.matmul(x, const(f"{i}.{role}.w"), False, False), const(f"{i}.{role}.b"))
