@@ -108,9 +108,15 @@ def build_index(
     if vec_parts and vec_parts[0].shape[1] != dim:  # heads changed dimension but kept model_id: refuse to mix
         raise ValueError(f"project() returned dim {vec_parts[0].shape[1]} but the index has dim {dim}")
 
-    # Assemble rows in walk order (sorted rel_path): reused rows from the previous index, then new ones.
+    # Assemble rows in walk order (sorted rel_path): reused rows from the previous index, then new ones. Exception:
+    # a graph index (HNSW) that only gains images keeps its rows and ids and appends the new ones (`_appendable`).
     file_rows = np.concatenate([plan.reuse_file, np.asarray(new_rows, np.int64)])
-    order = np.argsort(file_rows, kind="stable")
+    append = _appendable(prev, plan, len(new_rows), flat_max)
+    if append:
+        order = np.concatenate([np.argsort(plan.reuse_prev, kind="stable"),
+                                len(plan.reuse_prev) + np.argsort(np.asarray(new_rows, np.int64), kind="stable")])
+    else:
+        order = np.argsort(file_rows, kind="stable")
     file_rows = file_rows[order]
     reused_vectors = (
         np.asarray(prev.vectors[plan.reuse_prev], dtype=np.float32) if prev is not None and len(plan.reuse_prev)
@@ -140,7 +146,12 @@ def build_index(
     if changed_anything:
         if prev is not None:
             fields["created"] = prev.manifest.created
-        IndexStore.write(index_dir, vectors, meta, fields, flat_max=flat_max)
+        ann, ann_params = None, None
+        if append and prev is not None:  # the previous graph grows in memory; written atomically like a rebuild
+            ann, ann_params = prev.index, {"index_type": prev.manifest.index_type, **prev.manifest.index_params}
+            ann.hnsw.efConstruction = int(ann_params.get("efConstruction", ann.hnsw.efConstruction))
+            ann.add(np.ascontiguousarray(vectors[len(plan.reuse_prev):], np.float32))
+        IndexStore.write(index_dir, vectors, meta, fields, index=ann, index_params=ann_params, flat_max=flat_max)
     return BuildReport(
         index_dir=index_dir,
         count=len(meta),
@@ -154,6 +165,16 @@ def build_index(
         written=bool(changed_anything),
         rebuilt_reason=rebuilt_reason,
     )
+
+
+def _appendable(prev: LoadedIndex | None, plan: "_Plan", n_new: int, flat_max: int) -> bool:
+    """True when the previous index is an HNSW graph that only gains images (nothing removed or re-embedded, rows
+    still in the previous order): adding to the graph costs seconds where rebuilding 1M images costs minutes.
+    Any removal or change rebuilds (HNSW cannot delete), and so does a flat index (rebuilding it is free)."""
+    if prev is None or not n_new or prev.manifest.index_type != "hnsw_sq8" or len(plan.changed):
+        return False
+    kept_all = len(plan.reuse_prev) == len(prev.meta)
+    return kept_all and len(prev.meta) + n_new >= flat_max
 
 
 @dataclass(frozen=True)

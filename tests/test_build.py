@@ -96,6 +96,43 @@ def test_incremental_add_update_delete(tmp_path: Path, cache: EmbeddingCache) ->
     assert loaded.index.ntotal == 5
 
 
+def test_hnsw_index_that_only_gains_images_grows_in_place_and_keeps_ids(tmp_path: Path, cache: EmbeddingCache,
+                                                                         monkeypatch) -> None:
+    import index_store.store as store_mod
+
+    images, index = tmp_path / "img", tmp_path / "idx"
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        colour(images / f"p{i:02d}.png", tuple(int(v) for v in rng.integers(0, 256, 3)))
+    build(images, index, cache, flat_max=8)
+    first = IndexStore.load(index)
+    assert first.manifest.index_type == "hnsw_sq8"
+    old_names, old_vectors = first.meta["rel_path"].tolist(), np.asarray(first.vectors).copy()
+
+    for name in ("a_new.png", "z_new.png"):  # sort before and after the existing names
+        colour(images / name, tuple(int(v) for v in rng.integers(0, 256, 3)))
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the graph was rebuilt instead of grown")
+
+    monkeypatch.setattr(store_mod, "build_ann", no_rebuild)
+    rep = build(images, index, cache, flat_max=8)
+    assert (rep.added, rep.removed, rep.count) == (2, 0, 14)
+    grown = IndexStore.load(index)
+    names = grown.meta["rel_path"].tolist()
+    assert names[:12] == old_names and names[12:] == ["a_new.png", "z_new.png"]  # old ids unchanged, new appended
+    np.testing.assert_array_equal(np.asarray(grown.vectors)[:12], old_vectors)
+    assert grown.index.ntotal == 14 and grown.manifest.index_params == first.manifest.index_params
+    _, ids = grown.index.search(np.ascontiguousarray(grown.vectors[12:], np.float32), 14)
+    assert all(set(row) == set(range(14)) for row in ids.tolist())  # the new nodes are linked into the graph
+
+    monkeypatch.undo()  # a removal cannot be done in a graph: full rebuild, walk order again
+    (images / "p03.png").unlink()
+    rep = build(images, index, cache, flat_max=8)
+    assert (rep.removed, rep.count) == (1, 13)
+    assert IndexStore.load(index).meta["rel_path"].tolist() == sorted(set(names) - {"p03.png"})
+
+
 def test_heads_change_rebuilds_from_cache_without_embedding(tmp_path: Path, cache: EmbeddingCache) -> None:
     images, index = tmp_path / "img", tmp_path / "idx"
     for i in range(4):
