@@ -173,3 +173,24 @@ def test_no_load_average_means_not_busy(monkeypatch) -> None:
 
     monkeypatch.setattr(text.os, "getloadavg", unavailable)
     assert text.cores_busy() is False
+
+
+def test_openvino_compile_failure_falls_back_to_the_numpy_forward_with_a_warning(monkeypatch) -> None:
+    from retrieval.encoders import text
+
+    try:
+        folder = text.minilm_path()
+    except Exception as exc:
+        pytest.skip(f"all-MiniLM-L6-v2 weights not installed: {exc}")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no CPU plugin")
+
+    monkeypatch.setattr(text_fast, "OpenVinoTransformer", broken)
+    enc = text.load("all-MiniLM-L6-v2", folder, 128, backend="openvino")
+    queries = ["a dog runs on the beach"] * 6
+    with pytest.warns(RuntimeWarning, match="numpy forward"):
+        got = enc.encode(queries)
+    assert enc.forward is None and not enc.openvino
+    ref = text.load("all-MiniLM-L6-v2", folder, 128, backend="numpy").encode(queries)
+    np.testing.assert_array_equal(got, ref)

@@ -223,7 +223,14 @@ class FastTextEncoder:
         if self.openvino and self.forward is None:
             from retrieval.encoders.text_fast import OpenVinoTransformer
 
-            self.forward = OpenVinoTransformer(self.model)
+            try:
+                self.forward = OpenVinoTransformer(self.model)
+            except Exception as exc:  # an OpenVINO that cannot compile here must not break search: same vectors
+                import warnings
+
+                self.openvino = False
+                warnings.warn(f"OpenVINO could not compile {self.id} ({type(exc).__name__}: {exc}); using the numpy "
+                              f"forward (set ${BACKEND_ENV}=numpy to skip the attempt)", RuntimeWarning, stacklevel=2)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> FloatArray:
         from retrieval.encoders.text_fast import encode_texts
