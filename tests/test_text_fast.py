@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -71,6 +72,13 @@ def test_numpy_forward_matches_transformers_on_tiny_random_model(tmp_path, monke
 
     cached = list((tmp_path / "cache" / "text-encoders").glob("model-*.safetensors"))
     assert len(cached) == 1
+    # a reinstall (same checkpoint, new mtime) prepares again and drops the stale file; other checkpoints stay
+    other = cached[0].parent / "model-12345-1.safetensors"
+    other.write_bytes(b"another checkpoint")
+    os.utime(tmp_path / "model" / "model.safetensors", ns=(1, 10**18))
+    text_fast.NumpyTransformer.from_folder(tmp_path / "model")
+    now = sorted(p.name for p in cached[0].parent.glob("model-*.safetensors"))
+    assert now == sorted([other.name, text_fast._prepared_cache(tmp_path / "model").name]) and cached[0].name not in now
     again = text_fast.NumpyTransformer.from_folder(tmp_path / "model")
     assert isinstance(again.w["0.qkv.w"], np.memmap)  # mapped from the cache, not prepared again
     np.testing.assert_array_equal(again(ids, mask), got)

@@ -157,7 +157,21 @@ def _write_prepared(path: Path, tensors: dict[str, np.ndarray]) -> None:
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"format": "retrieval-text-prepared-v1"})
     except OSError:
-        pass
+        return
+    _drop_stale_prepared(path)
+
+
+def _drop_stale_prepared(path: Path) -> None:
+    """Delete earlier prepared files of the same checkpoint (same folder name and size, another mtime: a reinstall
+    or a fresh venv), which would otherwise pile up (90-420 MB each). At worst, two different checkpoints of equal
+    size and folder name evict each other and are prepared again: a cost, never a wrong weight (the key has mtime)."""
+    name, size, _ = path.stem.rsplit("-", 2)
+    for old in path.parent.glob(f"{name}-{size}-*.safetensors"):
+        if old != path:
+            try:
+                old.unlink()
+            except OSError:
+                pass
 
 
 class NumpyTransformer:
