@@ -152,16 +152,13 @@ def text_features(texts: Sequence[str], encoder_name: str, progress: Progress | 
     return feats
 
 
-def _l2(x: FloatArray) -> FloatArray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def combine_image_features(
     data_dir: Path, image_encoder: str, views: Sequence[str], progress: Progress | None = None
 ) -> tuple[list[str], FloatArray]:
     """Same features the live encoder gives: mean over views per part; "+"-joined parts L2-normalised (times
     `part_weight`), concatenated."""
     from retrieval.encoders import part_views, part_weight
+    from retrieval.projection import l2n
 
     parts = image_encoder.split("+")
     names: list[str] = []
@@ -172,7 +169,7 @@ def combine_image_features(
             names, f = image_view_features(data_dir, part, view, progress)
             per_view.append(f)
         mean = np.mean(per_view, axis=0).astype(np.float32)
-        blocks.append(part_weight(part) * _l2(mean) if len(parts) > 1 else mean)
+        blocks.append(part_weight(part) * l2n(mean) if len(parts) > 1 else mean)
     return names, np.concatenate(blocks, axis=1).astype(np.float32)
 
 

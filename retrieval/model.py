@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -110,21 +110,20 @@ class RetrievalModel:
 
         Sort hits by this key to get the validated R@K; `score` = calibration(key) is monotone in it."""
         img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
-        cos = np.sum(img_z * txt_z, axis=1)
-        a, b = self.config.rank_logit_weight, self.config.rank_cos_weight
-        if self.reranker is None or a == 0.0:
-            return (b * cos if b else cos).astype(np.float32)
-        return (a * self.reranker.logit(img_z, txt_z, txt_raw) + b * cos).astype(np.float32)
+        return self._blend(np.sum(img_z * txt_z, axis=1), lambda r: r.logit(img_z, txt_z, txt_raw))
 
     def rank_grid(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
         """`rank_key` of every (text, image) pair, (n_txt, n_img): ranks whole galleries (evaluate) with the
         gallery-side work (caption-memory neighbours) done once instead of once per query."""
         img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
-        cos = txt_z @ img_z.T
+        return self._blend(txt_z @ img_z.T, lambda r: r.logit_grid(img_z, txt_z, txt_raw))
+
+    def _blend(self, cos: np.ndarray, logit: Callable[[Reranker], np.ndarray]) -> FloatArray:
+        """a * logit(reranker) + b * cos with the config's weights; the logit is not computed when its weight is 0."""
         a, b = self.config.rank_logit_weight, self.config.rank_cos_weight
         if self.reranker is None or a == 0.0:
             return (b * cos if b else cos).astype(np.float32)
-        return (a * self.reranker.logit_grid(img_z, txt_z, txt_raw) + b * cos).astype(np.float32)
+        return (a * logit(self.reranker) + b * cos).astype(np.float32)
 
     def child_image_prob(self, feats: np.ndarray) -> FloatArray:
         if self.image_probe is None:

@@ -48,6 +48,11 @@ class CaptionMemory:
         w = np.exp(w - w.max(axis=1, keepdims=True))
         return top, w / w.sum(axis=1, keepdims=True)
 
+    def check_raw(self, txt_raw: np.ndarray | None) -> None:
+        """A memory with raw captions compares them with the query's raw text feature: refuse to go without it."""
+        if self.raw_caption is not None and txt_raw is None:
+            raise ValueError("this reranker compares the raw text feature with its caption memory: pass txt_raw")
+
     def pseudo(self, img_z: np.ndarray) -> tuple[FloatArray, FloatArray | None]:
         """(pseudo caption, L2-normalised pseudo raw caption or None without raw captions), one neighbour search."""
         top, w = self._neighbours(img_z)
@@ -78,8 +83,7 @@ def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | 
     prod = img_z * txt_z
     parts = [prod.sum(axis=1, keepdims=True), prod]
     if memory is not None:
-        if memory.raw_caption is not None and txt_raw is None:
-            raise ValueError("this reranker compares the raw text feature with its caption memory: pass txt_raw")
+        memory.check_raw(txt_raw)
         pseudo, pseudo_raw = memory.pseudo(img_z)
         kp = pseudo * txt_z
         parts.append(kp.sum(axis=1, keepdims=True))
@@ -173,8 +177,7 @@ class Reranker:
         not once per pair as stacking `logit` rows would."""
         pseudo = pseudo_raw = None
         if self.memory is not None:
-            if self.needs_raw_text() and txt_raw is None:
-                raise ValueError("this reranker compares the raw text feature with its caption memory: pass txt_raw")
+            self.memory.check_raw(txt_raw)
             pseudo, pseudo_raw = self.memory.pseudo(np.atleast_2d(img_z))
         raw = (np.atleast_2d(txt_raw), pseudo_raw) if pseudo_raw is not None else None
         return logit_grid(self.coef, self.intercept, np.atleast_2d(txt_z), np.atleast_2d(img_z), pseudo, raw)

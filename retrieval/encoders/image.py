@@ -205,13 +205,14 @@ class ConcatImageEncoder:
 
     def embed_batch(self, items: Sequence[Any]) -> FloatArray:
         from retrieval.encoders import part_weight
+        from retrieval.projection import l2n
 
         if not len(items):
             return np.zeros((0, self.dim), np.float32)
         outs = []
         for i, part in enumerate(self.parts):
             f = part.embed_batch([it[i] for it in items])
-            outs.append(part_weight(getattr(part, "name", "")) * f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12))
+            outs.append(part_weight(getattr(part, "name", "")) * l2n(f))
         return np.concatenate(outs, axis=1).astype(np.float32)
 
 
