@@ -22,25 +22,32 @@ from retrieval.errors import DatasetError
 from retrieval.validation import retrieval_metrics
 
 
-def _kendall(course: Any, names: list[str], img_z: np.ndarray, retriever: Any, texts: dict[str, str]) -> dict[str, Any]:
-    """tau-c vs stacked expert grades and tau-b vs crowd share on annotated pairs whose image is indexed."""
+def _kendall(course: Any, names: list[str], img_z: np.ndarray, retriever: Any, texts: dict[str, str],
+             encoded: dict[str, np.ndarray]) -> dict[str, Any]:
+    """tau-c vs stacked expert grades and tau-b vs crowd share on annotated pairs whose image is indexed.
+
+    `encoded`: text -> raw text feature already computed (the test queries); filled with the graded texts, each
+    encoded once (a text recurs in many graded pairs and in both sources)."""
     from scipy.stats import kendalltau
 
     from retrieval.policy.lexicon import mentions_child
 
     row_of = {n: i for i, n in enumerate(names)}
     out: dict[str, Any] = {}
+    child_img = set(course_child_images(course))
     for source, frame in (("expert", course.expert), ("crowd", course.crowd)):
         frame = frame[frame["image"].isin(row_of) & frame["query_id"].isin(texts)]
         frame = frame[frame["query_id"].str.split("#").str[0] != frame["image"]]  # own captions dropped
         if frame.empty:
             continue
         q_text = frame["query_id"].map(texts).tolist()
-        txt_raw = retriever.text_encoder.encode(q_text)
+        new = sorted(set(q_text) - encoded.keys())
+        if new:
+            encoded.update(zip(new, retriever.text_encoder.encode(new)))
+        txt_raw = np.stack([encoded[t] for t in q_text])
         txt_z = retriever.model.project_texts(txt_raw)
         rows = frame["image"].map(row_of).to_numpy()
         scores = retriever.model.score(img_z[rows], txt_z, txt_raw)
-        child_img = set(course_child_images(course))
         non_child = ~mentions_child(q_text) & ~frame["image"].isin(child_img).to_numpy()
         for subset, mask in (("all", np.ones(len(frame), bool)), ("non_child", non_child)):
             if mask.sum() < 3:
@@ -100,7 +107,7 @@ def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir:
         course = load_course(data_dir)
         known = dict(zip(course.captions["query_id"], course.captions["query_text"]))
         known.update(dict(zip(queries["query_id"], queries["query_text"])))
-        metrics.update(_kendall(course, names, img_z, retriever, known))
+        metrics.update(_kendall(course, names, img_z, retriever, known, dict(zip(texts, txt_raw))))
     metrics["sheet"] = str(write_sheet(retriever, texts, out, sheet_queries, sheet_k, seed, policy))
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
