@@ -30,13 +30,11 @@ ARCHITECTURES = ("bert", "mpnet")
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """name -> array view into one copy-on-write memory map of the file (pages are read on first touch; the file is
-    never written). Copy-on-write rather than read-only so that OpenVINO can use the pages as its constants without
-    copying them (`shared_memory=True` needs a writeable buffer): 330 MB less memory for mpnet."""
+    """name -> read-only array view into one memory map of the file (pages are read on first touch)."""
     with open(path, "rb") as fh:
         header_len = int.from_bytes(fh.read(8), "little")
         header = json.loads(fh.read(header_len))
-    raw = np.memmap(path, dtype=np.uint8, mode="c", offset=8 + header_len)
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -251,8 +249,9 @@ class NumpyTransformer:
 class OpenVinoTransformer:
     """The same encoder layers compiled by OpenVINO for the CPU, built op by op from the prepared weights (no
     tracing or ONNX export; ~0.4 s to compile). Embedding lookup and the attention mask stay in numpy
-    (`NumpyTransformer.inputs`). Same hidden states to float32 rounding; one mpnet query on 2 cores: 24 ms vs 62-100
-    ms for the numpy forward, and 44-48 ms vs 89-222 ms with the other core busy (measured in one run).
+    (`NumpyTransformer.inputs`). Same hidden states to float32 rounding; one mpnet query on 2 cores: 31 ms vs 107 ms
+    for the numpy forward (one BLAS thread) and 70 ms for torch, 55 ms with the other core busy
+    (`python benchmarks/bench_text.py [--busy]`).
     Calls are serialised by a lock: one infer request, shared by the server's worker threads."""
 
     def __init__(self, model: NumpyTransformer, threads: int | None = None) -> None:
@@ -280,7 +279,10 @@ def _compile_layers(model: NumpyTransformer, threads: int | None) -> Any:
     dh = hid // h
 
     def const(name: str) -> Any:
-        return ops.constant(np.ascontiguousarray(w[name], np.float32), shared_memory=True)
+        # A copy, not shared_memory=True over the mapped weights: sharing saved ~330 MB, but processes that encoded
+        # a batch and exited segfaulted at exit about 1 run in 100 (0 in 200 with copies), most likely the compiled
+        # model releasing Python-owned buffers during interpreter shutdown.
+        return ops.constant(np.ascontiguousarray(w[name], np.float32))
 
     def linear(x: Any, i: int, role: str) -> Any:
         return ops.add(ops.matmul(x, const(f"{i}.{role}.w"), False, False), const(f"{i}.{role}.b"))
