@@ -265,6 +265,18 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
         out["nprobe_sweep"] = nprobe_sweep(ann, q_z, ref, n_cand)
     del exact
     gc.collect()
+    # --- growing the graph: what build-index does when a large index only gains images (indexer._appendable) ---
+    if hasattr(ann, "hnsw"):
+        rng = np.random.default_rng(seed + 1)
+        extra = np.asarray(x[rng.choice(len(x), APPEND_N, replace=False)], np.float32)
+        extra = extra + rng.normal(0.0, 0.02, extra.shape).astype(np.float32)
+        extra /= np.linalg.norm(extra, axis=1, keepdims=True)
+        t = time.perf_counter()
+        ann.add(extra)
+        out["append_s"] = time.perf_counter() - t
+        out["append_n"] = APPEND_N
+        if "build_s" in out:
+            out["build_vs_append"] = out["build_s"] / out["append_s"]
 
     # --- memory ----------------------------------------------------------------------------------------------
     files = folder_bytes(index_dir)
@@ -276,6 +288,10 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
         "faiss_bytes_per_image": files.get("index.faiss", 0) / n, "files_bytes": files,
     }
     return out
+
+
+#: Vectors added to the loaded HNSW graph to time an incremental build (perturbed copies of indexed vectors).
+APPEND_N = 1000
 
 
 def ef_sweep(index: Any, q: np.ndarray, ref: np.ndarray, n_cand: int, default_ef: int) -> list[dict[str, float]]:

@@ -1,11 +1,11 @@
 """Run every benchmark and write a Markdown summary (`make bench`).
 
     python benchmarks/run_all.py [--sizes 10000,100000,1000000] [--queries 200] [--model DIR]
-                                 [--skip-build] [--skip-cold] [--reuse]
+                                 [--skip-build] [--skip-cold] [--skip-text] [--skip-evaluate] [--reuse]
 
 Each benchmark runs as its own subprocess (a fresh process per measurement: no import or allocator state leaks
 between them): bench_build.py (index build throughput, if present), bench_query.py --n N for each size,
-bench_cold.py. Their JSON results stay in benchmarks/results/; this script prints a Markdown table and writes
+bench_cold.py, bench_text.py (text backends, one query and batched) and bench_evaluate.py (`retrieve evaluate`). Their JSON results stay in benchmarks/results/; this script prints a Markdown table and writes
 benchmarks/results/summary.md. The 1M run needs ~4 GB RAM and, on 2 busy cores, ~15-30 min (HNSW build).
 """
 from __future__ import annotations
@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--skip-cold", action="store_true")
+    ap.add_argument("--skip-text", action="store_true")
+    ap.add_argument("--skip-evaluate", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="Reuse existing bench indexes (skips the HNSW builds).")
     ap.add_argument("--cold-runs", type=int, default=5)
     ap.add_argument("--no-reference", action="store_true", help="Skip bench_cold's transformers-backend reference.")
@@ -146,6 +148,12 @@ def main() -> None:
         cold, status["bench_cold"] = _run("bench_cold.py", ["--json", "--runs", str(args.cold_runs), *model_args,
                                                             *index, *ref])
 
+    text_bench = evaluation = None
+    if not args.skip_text:
+        text_bench, status["bench_text"] = _run("bench_text.py", ["--json"])
+    if not args.skip_evaluate:
+        evaluation, status["bench_evaluate"] = _run("bench_evaluate.py", ["--json"])
+
     hw = info["hardware"]
     lines = ["# Benchmark summary", "",
              f"{hw['cpu']}, {hw['cores']} cores, {hw['ram_gb']} GB RAM, load average {hw['loadavg_1min_at_start']:.1f} "
@@ -163,6 +171,16 @@ def main() -> None:
         lines += query_table(rows) + [""]
     if cold:
         lines += ["## Cold start (`bench_cold.py`)", ""] + cold_table(cold) + [""]
+    if text_bench:
+        lines += [f"## Text encoding (`bench_text.py`, {text_bench['model']})", "",
+                  "| backend | one query p50 ms | batched ms/text | worst cosine vs numpy |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {row['single_query_p50_ms']:.1f} | {row['batched_ms_per_text']:.1f} | "
+                  f"{row['worst_cosine_vs_numpy']:.7f} |" for name, row in text_bench["backends"].items()] + [""]
+    if evaluation:
+        lines += ["## `retrieve evaluate` (`bench_evaluate.py`)", "",
+                  f"{evaluation['images']} images / {evaluation['queries']} queries: "
+                  f"{evaluation['default_backend_s']:.1f} s (numpy text backend {evaluation['numpy_backend_s']:.1f} s, "
+                  f"largest metric difference {evaluation['max_metric_difference']:.2g}).", ""]
     if build:
         lines += ["## Index build (`bench_build.py`, PERF helper)", "", "| variant | images/s | CPU ms/image |",
                   "|---|---:|---:|"]

@@ -218,7 +218,7 @@ class FastTextEncoder:
         return len(self._counter.encode(text).ids)
 
     def warm(self) -> None:
-        """Compile the OpenVINO layers now and run one inference (≈ 0.6–0.9 s for mpnet). `encode` does it by
+        """Compile the OpenVINO layers now and run one inference (≈ 1 s for mpnet). `encode` does it by
         itself for a batch or from the second call on; the server calls it at start-up. A one-shot `retrieve query`
         never pays it: its single text runs through the numpy forward (cold query 0.8 s instead of 1.6 s)."""
         if self.openvino and self.forward is None:
