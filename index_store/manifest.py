@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from retrieval.errors import IndexVersionError, ModelMismatchError
+from retrieval.errors import IndexOutdatedError, IndexVersionError, ModelMismatchError
 
 #: Bump when a reader of the previous version could misread a folder written by this one.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Format 2 adds the child detector's per-image output (meta.csv `detection`: probability, face boxes, features).
 MANIFEST_NAME = "manifest.json"
 #: Keys compared by `check_expected` (the model/encoders an index is only valid for).
 IDENTITY_KEYS = ("image_encoder", "image_encoder_sha", "text_encoder", "text_encoder_sha", "model_id", "dim", "metric")
@@ -93,6 +94,11 @@ class Manifest:
             raise IndexVersionError(
                 f"index at {str(folder)!r} has format_version {version}, this version of retrieval reads up to "
                 f"{FORMAT_VERSION}; upgrade retrieval or rebuild with `retrieve build-index IMAGES --index {folder}`"
+            )
+        if version < FORMAT_VERSION:
+            raise IndexOutdatedError(
+                f"index at {str(folder)!r} has format_version {version} (before the child detector); rebuild it "
+                f"with `retrieve build-index IMAGES --index {folder}`"
             )
         return cls.from_fields(data)
 

@@ -39,6 +39,29 @@ def load_model(model_dir: str | Path | None = None) -> Any:
     return RetrievalModel.load(resolve_model_dir(model_dir))
 
 
+def child_detector(model: Any, max_megapixels: float | None = 100.0) -> Any:
+    """`detect(entries, feats) -> [Detection]` for the indexer: decodes each file (EXIF-upright, any mode) and runs
+    the model's child detector on it. Raises DetectorUnavailableError now, before any work, if a part cannot load."""
+    from retrieval.errors import DetectorUnavailableError, ImageDecodeError
+    from retrieval.imageio import load_image
+    from retrieval.policy.detector import DetectorRuntime
+
+    if model.detector is None:
+        raise DetectorUnavailableError("this model has no child detector; retrain it with `retrieve train`")
+    runtime = DetectorRuntime(model.detector)
+
+    def detect(entries: Any, feats: Any) -> Any:
+        images = []
+        for e in entries:
+            try:  # full resolution for small faces, bounded by the detector's own max side
+                images.append(load_image(e.abs_path, max_megapixels=max_megapixels, target_size=None))
+            except ImageDecodeError:  # decoded a moment ago for the embedding: only a file changed meanwhile
+                raise DetectorUnavailableError(f"{e.rel_path} changed while indexing; run build-index again") from None
+        return runtime.detect(images, feats)
+
+    return detect
+
+
 def build_index_with_model(
     images_dir: str | Path,
     index_dir: str | Path,
@@ -69,7 +92,7 @@ def build_index_with_model(
         Path(index_dir),
         image_encoder=encoder,
         project=model.project_images,
-        child_prob=model.child_image_prob,
+        detect=child_detector(model, max_megapixels),
         manifest_fields=index_identity(model),
         workers=workers,
         batch_size=batch_size,

@@ -35,6 +35,10 @@ class IndexVersionError(RetrievalError):
     """The index folder was written by a newer format than this version can read."""
 
 
+class IndexOutdatedError(IndexVersionError):
+    """The index folder was written by an older format (before the child detector): it must be rebuilt."""
+
+
 class InvalidQueryError(RetrievalError):
     """Empty query, bad k, or similar user input."""
 
@@ -43,3 +47,7 @@ class InvalidQueryError(RetrievalError):
 
 class ImageDecodeError(RetrievalError):
     """One image could not be decoded; carries the reason so builds can skip and report it."""
+
+
+class DetectorUnavailableError(RetrievalError):
+    """A component of the child detector (face finder, crop encoder, heads) cannot be loaded: builds stop."""

@@ -114,48 +114,27 @@ def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir:
 
 
 def write_sheet(retriever: Any, texts: list[str], out: Path, n: int, k: int, seed: int, policy: str) -> Path:
-    """HTML + PNG sheet of `n` random queries (fixed seed) with their top-k, all through the policy choke point."""
+    """HTML + PNG sheet of `n` random queries (fixed seed) with their top-k under `policy`, and the same queries
+    under `audit` beside it (sheet_audit.png/html: every image, the detector's boxes and reasons), all through the
+    policy choke point."""
+    from retrieval.contact_sheet import write_sheet as write_png
     from retrieval.html import results_page
     from retrieval.policy.apply import apply_policy
 
     rng = np.random.default_rng(seed)
     picked = [texts[i] for i in sorted(rng.choice(len(texts), size=min(n, len(texts)), replace=False))]
-    results = [apply_policy(r, policy) for r in retriever.search_many(picked, k=k)]
-    _sheet_png(results, out / "sheet.png", k)
+    raw = retriever.search_many(picked, k=k)
+    results = [apply_policy(r, policy) for r in raw]
+    write_png(results, out / "sheet.png", k, title=f"policy {policy}: {len(results)} random queries (seed {seed}), top-{k}")
+    if policy != "audit":
+        audit = [apply_policy(r, "audit") for r in raw]
+        write_png(audit, out / "sheet_audit.png", k, title="policy audit (operators): same queries, boxes = faces "
+                  "with P(child)")
+        results_page("retrieve evaluate: sample queries (audit)", audit, out / "sheet_audit.html",
+                     intro=f"<p>Same queries under <code>--policy audit</code>; strict view: <a href='sheet.html'>sheet.html</a>.</p>")
     return results_page("retrieve evaluate: sample queries", results, out / "sheet.html",
-                        intro=f"<p>{len(results)} random queries (seed {seed}), top-{k}, policy {policy}.</p>")
-
-
-def _sheet_png(results: list[dict[str, Any]], path: Path, k: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    fig, axes = plt.subplots(len(results), k, figsize=(2.2 * k, 2.0 * len(results)), squeeze=False)
-    for row, res in enumerate(results):
-        for j in range(k):
-            ax = axes[row][j]
-            ax.axis("off")
-            if j == 0:
-                ax.set_title(res["query"][:60], fontsize=7, loc="left")
-            if j >= len(res["hits"]):
-                if j == 0 and res["restricted"]:
-                    ax.text(0.5, 0.5, res["disclaimer"], ha="center", va="center", wrap=True, fontsize=6)
-                continue
-            hit = res["hits"][j]
-            if hit["path"]:
-                with Image.open(hit["path"]) as im:
-                    im.thumbnail((256, 256))
-                    ax.imshow(np.asarray(im.convert("RGB")))
-            else:
-                ax.text(0.5, 0.5, hit["disclaimer"], ha="center", va="center", wrap=True, fontsize=6)
-            ax.text(0.02, 0.02, f"{hit['score']:.2f}", transform=ax.transAxes, fontsize=7, color="w",
-                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 1})
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+                        intro=f"<p>{len(results)} random queries (seed {seed}), top-{k}, policy {policy}. "
+                              "Operator view: <a href='sheet_audit.html'>sheet_audit.html</a>.</p>")
 
 
 def metrics_table(metrics: dict[str, Any]) -> pd.DataFrame:

@@ -185,3 +185,42 @@ def course_embeddings(
     names, image_feats = combine_image_features(data_dir, image_encoder, tuple(views), progress)
     texts = course_texts(data_dir)
     return CourseEmbeddings(names, image_feats, texts, text_features(texts, text_encoder, progress))
+
+
+def course_face_table(data_dir: Path | str, progress: Progress | None = None) -> Any:
+    """Faces (MTCNN) and crop-encoder features of every train image, as a `detector_train.FaceTable` (cached by the
+    face finder's settings, the crop encoder's checksum and the image files)."""
+    from retrieval.policy.detector import CROP_CONTEXT, CROP_ENCODER, MAX_FACES
+    from retrieval.policy.detector_train import FaceTable
+    from retrieval.policy.faces import FaceFinder, crops
+    from retrieval.encoders import build_image_encoder
+    from retrieval.imageio import load_image
+
+    data_dir = Path(data_dir)
+    names = course_image_names(data_dir)
+    folder = data_dir / "train_images"
+    finder = FaceFinder()
+    encoder = build_image_encoder(CROP_ENCODER, views=("full",))
+    data_fp = _sha([f"{n}:{(folder / n).stat().st_size}" for n in names])
+    key = _sha([finder.id, CROP_ENCODER, encoder.checksum(), str(CROP_CONTEXT), str(MAX_FACES), data_fp])[:24]
+    path = _feature_dir() / f"faces-{key}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return FaceTable(z["image"], z["boxes"], z["probs"], z["feats"], z["sizes"])
+    image, boxes, probs, feats, sizes = [], [], [], [], []
+    for i, n in enumerate(names):
+        im = load_image(folder / n, target_size=None)  # as the build decodes for the detector
+        sizes.append(im.size)
+        faces = finder.find(im)[:MAX_FACES]
+        if faces:
+            feats.append(encoder.embed_batch([encoder.preprocess(c) for c in crops(im, faces, CROP_CONTEXT)]))
+            image += [i] * len(faces)
+            boxes += [f.box for f in faces]
+            probs += [f.prob for f in faces]
+        if progress and ((i + 1) % 50 == 0 or i + 1 == len(names)):
+            progress("faces", i + 1, len(names))
+    table = FaceTable(np.asarray(image, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4),
+                      np.asarray(probs, np.float32), np.concatenate(feats).astype(np.float32) if feats
+                      else np.zeros((0, encoder.dim), np.float32), np.asarray(sizes, np.int64).reshape(-1, 2))
+    _save_npz(path, image=table.image, boxes=table.boxes, probs=table.probs, feats=table.feats, sizes=table.sizes)
+    return table

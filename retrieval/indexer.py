@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -20,7 +20,7 @@ import pandas as pd
 from index_store import FLAT_MAX, IndexStore, LoadedIndex
 from retrieval.embed_pipeline import EmbeddingCache, iter_embedded, sha256_file
 from retrieval.encoders.base import FloatArray, ImageEncoder
-from retrieval.errors import DatasetError, IndexNotFoundError
+from retrieval.errors import DatasetError, IndexNotFoundError, IndexOutdatedError
 from retrieval.fs import FileEntry, check_images_root, walk_images
 from retrieval.imageio import DEFAULT_MAX_MEGAPIXELS, IMAGE_EXTENSIONS
 
@@ -50,7 +50,7 @@ def build_index(
     index_dir: str | os.PathLike[str],
     image_encoder: ImageEncoder,
     project: Callable[[FloatArray], Any],
-    child_prob: Callable[[FloatArray], Any] | None = None,
+    detect: Callable[[list[FileEntry], FloatArray], Sequence[Any]] | None = None,
     manifest_fields: Mapping[str, Any] | None = None,
     workers: int | None = 2,
     batch_size: int = 32,
@@ -62,7 +62,8 @@ def build_index(
     """Index every decodable image under `images_dir` into `index_dir` (created or refreshed atomically).
 
     `project(feats) -> (n, d)` maps encoder features to search vectors (re-normalised here so "ip" = cosine);
-    `child_prob(feats) -> (n,)` is the legal flag stored per row (NaN when None). `workers=None` = min(4, cpus). `cache=True` uses the default
+    `detect(entries, feats) -> [Detection]` is the child detector (retrieval.policy.detector): its probability is
+    stored per row as `child_prob` and its JSON as `detection` (NaN / "" when None). `workers=None` = min(4, cpus). `cache=True` uses the default
     EmbeddingCache in retrieval.config.cache_dir(), False disables it.
     Raises DatasetError if the folder is missing or nothing could be indexed (and nothing was before).
     """
@@ -85,6 +86,7 @@ def build_index(
     new_shas: list[str] = []
     vec_parts: list[FloatArray] = []
     prob_parts: list[npt.NDArray[np.float64]] = []
+    det_parts: list[list[str]] = []
     failures: list[tuple[str, str]] = []
     n_cached = 0
     for batch in iter_embedded(todo, image_encoder, workers, batch_size, max_megapixels, store_cache, progress):
@@ -95,8 +97,13 @@ def build_index(
         new_rows += [plan.embed[i] for i in batch.ids]
         new_shas += batch.shas
         vec_parts.append(_unit(np.asarray(project(batch.feats), dtype=np.float32), len(batch.ids)))
-        probs = np.full(len(batch.ids), np.nan) if child_prob is None else np.asarray(child_prob(batch.feats), np.float64)
-        prob_parts.append(probs.reshape(len(batch.ids)))
+        if detect is None:
+            prob_parts.append(np.full(len(batch.ids), np.nan))
+            det_parts.append([""] * len(batch.ids))
+        else:
+            found = detect([todo[i] for i in batch.ids], batch.feats)
+            prob_parts.append(np.asarray([d.prob for d in found], np.float64))
+            det_parts.append([d.to_json() for d in found])
 
     n_new = len(new_rows)
     if prev is not None:
@@ -131,12 +138,17 @@ def build_index(
         prev.meta["child_prob"].to_numpy(np.float64)[plan.reuse_prev] if prev is not None else np.zeros(0),
         *prob_parts,
     ])[order]
+    detections = np.concatenate([
+        _prev_column(prev, "detection")[plan.reuse_prev] if prev is not None else np.zeros(0, object),
+        np.asarray([d for part in det_parts for d in part], dtype=object),
+    ])[order]
     meta = pd.DataFrame({
         "rel_path": [files[i].rel_path for i in file_rows],
         "size": np.asarray([files[i].size for i in file_rows], np.int64),
         "mtime_ns": np.asarray([files[i].mtime_ns for i in file_rows], np.int64),
         "sha256": shas,
         "child_prob": probs,
+        "detection": detections,
     })
 
     is_new = np.isin(np.asarray(new_rows, np.int64), plan.changed, invert=True)
@@ -215,13 +227,20 @@ def _plan(files: list[FileEntry], prev: LoadedIndex | None) -> _Plan:
     )
 
 
+def _prev_column(prev: LoadedIndex, name: str) -> npt.NDArray[np.object_]:
+    if name in prev.meta:
+        return prev.meta[name].fillna("").to_numpy(dtype=object)
+    return np.full(len(prev.meta), "", dtype=object)
+
+
 def _previous(index_dir: Path, fields: Mapping[str, Any]) -> tuple[LoadedIndex | None, str | None]:
-    """The previous index if its vectors can be reused; else (None, why). A newer format_version propagates."""
+    """The previous index if its vectors can be reused; else (None, why). A newer format_version propagates;
+    an older one (before the child detector) and a corrupt folder are rebuilt from scratch (the cache keeps it cheap)."""
     if not IndexStore.exists(index_dir):
         return None, None
     try:
         prev = IndexStore.load(index_dir)
-    except IndexNotFoundError as exc:  # corrupt / incomplete: rebuild from scratch (the cache keeps it cheap)
+    except (IndexNotFoundError, IndexOutdatedError) as exc:
         return None, str(exc)
     stored = prev.manifest.to_dict()
     for key in _REUSE_KEYS:

@@ -62,10 +62,8 @@ class ModelConfig:
 
 
 def _probe_cls() -> Any:
-    try:
-        from retrieval.policy.classifiers import LinearProbe  # type: ignore[attr-defined]
-    except ImportError:
-        return None
+    from retrieval.policy.classifiers import LinearProbe
+
     return LinearProbe
 
 
@@ -73,11 +71,11 @@ class RetrievalModel:
     """Heads on top of fixed encoders. Parts are passed in; `train.train_model` builds them."""
 
     def __init__(self, config: ModelConfig, projection: LinearProjection, reranker: Reranker | None = None,
-                 image_probe: Any = None, text_probe: Any = None) -> None:
+                 detector: Any = None, text_probe: Any = None) -> None:
         self.config = config
         self.projection = projection
         self.reranker = reranker
-        self.image_probe = image_probe
+        self.detector = detector  # retrieval.policy.detector.ChildDetector (its threshold = child_image_threshold)
         self.text_probe = text_probe
 
     # --------------------------------------------------------------------------------------------- inference
@@ -125,10 +123,6 @@ class RetrievalModel:
             return (b * cos if b else cos).astype(np.float32)
         return (a * logit(self.reranker) + b * cos).astype(np.float32)
 
-    def child_image_prob(self, feats: np.ndarray) -> FloatArray:
-        if self.image_probe is None:
-            raise ModelMismatchError("this model has no child image probe; retrain it with `retrieve train`")
-        return np.asarray(self.image_probe.predict_proba(feats), np.float32)
 
     def child_text_prob(self, feats: np.ndarray) -> FloatArray:
         if self.text_probe is None:
@@ -158,9 +152,10 @@ class RetrievalModel:
         out = self.projection.to_tensors()
         if self.reranker is not None:
             out.update(self.reranker.to_tensors())
-        for name, probe in (("probe_img.", self.image_probe), ("probe_txt.", self.text_probe)):
-            if probe is not None:
-                out.update({name + k: np.ascontiguousarray(v, np.float32) for k, v in probe.to_tensors().items()})
+        if self.text_probe is not None:
+            out.update({"probe_txt." + k: np.ascontiguousarray(v, np.float32) for k, v in self.text_probe.to_tensors().items()})
+        if self.detector is not None:
+            out.update({k: np.ascontiguousarray(v, np.float32) for k, v in self.detector.to_tensors().items()})
         return out
 
     def save(self, directory: Path | str) -> Path:
@@ -221,11 +216,13 @@ class RetrievalModel:
             )
         t = load_file(str(w_path))
         reranker = Reranker.from_tensors(t) if "rerank.coef" in t else None
-        probes: list[Any] = []
-        for prefix in ("probe_img.", "probe_txt."):
-            sub = {k[len(prefix):]: v for k, v in t.items() if k.startswith(prefix)}
-            probe_cls = _probe_cls() if sub else None
-            probes.append(probe_cls.from_tensors(sub) if probe_cls is not None else None)
-        model = cls(config, LinearProjection.from_tensors(t), reranker, probes[0], probes[1])
+        sub = {k[len("probe_txt."):]: v for k, v in t.items() if k.startswith("probe_txt.")}
+        text_probe = _probe_cls().from_tensors(sub) if sub else None
+        detector = None
+        if any(k.startswith("det.") for k in t):
+            from retrieval.policy.detector import ChildDetector
+
+            detector = ChildDetector.from_tensors(t)
+        model = cls(config, LinearProjection.from_tensors(t), reranker, detector, text_probe)
         model.check_encoders(image_encoder, text_encoder, image_checksum, text_checksum)
         return model

@@ -60,6 +60,7 @@ class Retriever:
         names = store.meta["rel_path"].astype(str).tolist()
         self._rel_paths = names
         self._child_prob = store.meta["child_prob"].to_numpy(np.float64) if "child_prob" in store.meta else None
+        self._detection = store.meta["detection"].fillna("").tolist() if "detection" in store.meta else None
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "Retriever":
@@ -152,5 +153,6 @@ class Retriever:
     def _hit(self, rank: int, image_id: int, score: float) -> Hit:
         rel = self._rel_paths[image_id]
         prob = None if self._child_prob is None or np.isnan(self._child_prob[image_id]) else float(self._child_prob[image_id])
+        detection = self._detection[image_id] if self._detection is not None else ""
         return Hit(rank=rank, image=Path(rel).name, path=str(self.images_root / rel), score=score,
-                   child_prob=prob, image_id=image_id)
+                   child_prob=prob, image_id=image_id, detection=detection or None)

@@ -1,7 +1,9 @@
 """Train the heads: K-fold validation first (honest numbers), then the final heads on all allowed training data.
 
-Training-data rule (default ON, `keep_restricted=True` turns it off): images whose captions mention a child
-(or flagged by `is_restricted_image`) are dropped, and so is every pair whose text mentions a child.
+Training-data rule (default ON, `keep_restricted=True` turns it off): images whose visual label
+(retrieval/policy/visual_labels.tsv) is child or unsure are dropped -- images without a visual label fall back to
+"any caption mentions a child" -- and so is every pair whose text mentions a child (or flagged by
+`is_restricted_image`).
 Out-of-fold projections give the reranker honest features; a second grouped CV over those gives honest logits
 for the calibration table and for choosing the ranking blend. Deterministic for a given seed.
 """
@@ -283,7 +285,9 @@ def train_model(
     cp = course_pairs(data_dir, emb, extra_captions=extra_captions)
     ev = course_pairs(data_dir, emb, extra_captions=True)
     text_child = _child_flags(emb.texts)
-    restricted = restricted_images(ev, text_child)
+    caption_restricted = restricted_images(ev, text_child)
+    labels = _visual_or_caption_labels(emb.image_names, caption_restricted)
+    restricted = np.asarray([lab != "none" for lab in labels], bool)
     if is_restricted_image is not None:
         restricted = restricted | np.asarray(is_restricted_image, bool)
     rule = not keep_restricted
@@ -319,7 +323,10 @@ def train_model(
     coef, icpt = _fit_head(X[fit_rows], rows.target[fit_rows], weight[fit_rows], lists, cfg, seed)
     reranker = Reranker(coef.astype(np.float32), icpt, fit_calibration(keys[j, allowed], rows.target[allowed]),
                         caption_memory(emb, proj, pairs, cfg))
-    image_probe, text_probe = _probes(emb, ev, text_child, seed, say, text_encoder)
+    detector, det_metrics = _detector(data_dir, emb, labels, caption_restricted, seed, say)
+    if det_metrics:
+        metrics["child_detector"] = det_metrics
+    text_probe = _text_probe(emb, text_child, labels, seed, say, text_encoder)
     from retrieval.encoders import build_image_encoder, build_text_encoder
 
     ienc = build_image_encoder(image_encoder, views=tuple(views))
@@ -329,7 +336,7 @@ def train_model(
         text_encoder=text_encoder, text_encoder_checksum=tenc.checksum(), image_dim=int(emb.image_feats.shape[1]),
         text_dim=int(emb.text_feats.shape[1]), dim=proj.dim, method="cca" + ("+infonce" if cfg.contrastive_epochs else ""),
         rank_logit_weight=float(rank_a), rank_cos_weight=float(rank_b), seed=seed,
-        child_image_threshold=float(image_probe.threshold) if image_probe is not None else 0.5,
+        child_image_threshold=float(detector.threshold) if detector is not None else 0.5,
         child_text_threshold=float(text_probe.threshold) if text_probe is not None else 0.5,
         training={"data_fingerprint": data_fingerprint(data_dir), "extra_captions": extra_captions,
                   "keep_restricted": keep_restricted, "n_images": int(len(np.unique(pairs.img))),
@@ -337,7 +344,7 @@ def train_model(
                   "heads": {k: v for k, v in vars(cfg).items()}},
         validation=metrics, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    model = RetrievalModel(config, proj, reranker, image_probe, text_probe)
+    model = RetrievalModel(config, proj, reranker, detector, text_probe)
     model.save(out_dir)
     if reliability_png is None:  # the reliability diagram of the shipped score travels with the model
         from retrieval.reranker import plot_reliability
@@ -349,22 +356,47 @@ def train_model(
     return metrics
 
 
-def _probes(emb: CourseEmbeddings, ev: CoursePairs, text_child: np.ndarray, seed: int, say: Progress,
-            text_encoder: str) -> tuple[Any, Any]:
-    """Child probes from the POLICY module (image label: any own caption mentions a child)."""
-    try:
-        from retrieval.policy.classifiers import train_image_probe
-    except ImportError:
-        return None, None
-    labels = restricted_images(ev, text_child)
-    n_splits = int(min(5, labels.sum(), (~labels).sum()))
+def _visual_or_caption_labels(image_names: Sequence[str], caption_restricted: np.ndarray) -> list[str]:
+    """Each image's visual label; images nobody looked at fall back to the caption rule (child / none)."""
+    from retrieval.policy.visual_labels import labels_for
+
+    return [v if v is not None else ("child" if c else "none")
+            for v, c in zip(labels_for(image_names), caption_restricted)]
+
+
+def _n_splits(labels: Sequence[str]) -> int:
+    y = np.asarray([lab != "none" for lab in labels])
+    return int(min(5, y.sum(), (~y).sum()))
+
+
+def _detector(data_dir: Path, emb: CourseEmbeddings, labels: Sequence[str], caption_restricted: np.ndarray,
+              seed: int, say: Progress) -> tuple[Any, dict[str, Any]]:
+    """The child detector (retrieval.policy.detector) fitted on the visual labels, with its out-of-fold metrics."""
+    from retrieval.features import course_face_table, read_extra_captions
+    from retrieval.policy.detector_train import caption_person_labels, detector_metrics, fit_detector
+
+    n_splits = _n_splits(labels)
     if n_splits < 2:
-        say("too few restricted / unrestricted images for child probes; skipped")
-        return None, None
-    image_probe, m = train_image_probe(emb.image_feats, labels, groups=np.arange(len(labels)), n_splits=n_splits, seed=seed)
-    say(f"child image probe: {', '.join(f'{k} {v:.3f}' for k, v in m.items() if isinstance(v, float))}")
+        say("too few child / child-free images for the child detector; skipped")
+        return None, {}
+    say("child detector: faces (MTCNN) + crop features of the training images (cached after the first run)")
+    faces = course_face_table(data_dir, progress=lambda s, d, n: say(f"  {s}: {d}/{n}") if d == n else None)
+    person = caption_person_labels(emb.image_names, read_extra_captions(data_dir))
+    detector, m, oof = fit_detector(emb.image_feats, faces, labels, person, n_splits=n_splits, seed=seed)
+    cap = np.where(caption_restricted, "child", "none")
+    m["against_caption_labels"] = {k: v for k, v in detector_metrics(cap, oof, m["threshold"]).items()
+                                   if k in ("withheld_child", "withheld_none", "auc")}
+    say("child detector (out of fold, visual labels): " + ", ".join(
+        f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
+    return detector, m
+
+
+def _text_probe(emb: CourseEmbeddings, text_child: np.ndarray, labels: Sequence[str], seed: int, say: Progress,
+                text_encoder: str) -> Any:
     from retrieval.policy.train import fit_text_probe
 
+    n_splits = _n_splits(labels)
+    if n_splits < 2:
+        return None
     say("child text probe: captions + hand-labelled training queries (retrieval/policy/child_queries_train.tsv)")
-    text_probe = fit_text_probe(emb.text_feats, text_child, text_encoder, n_splits=n_splits, seed=seed)
-    return image_probe, text_probe
+    return fit_text_probe(emb.text_feats, text_child, text_encoder, n_splits=n_splits, seed=seed)

@@ -21,6 +21,7 @@ from retrieval.errors import DatasetError
 from retrieval.fs import walk_images
 from retrieval.imageio import load_image
 from retrieval.indexer import build_index
+from retrieval.policy.detector import Detection, PersonBox
 from tests.test_imageio import BAD, GOOD, make_junk_folder
 
 FIELDS = {"text_encoder": "fake-text", "text_encoder_sha": "t", "model_id": "heads-1"}
@@ -46,10 +47,16 @@ def colour(path: Path, rgb: tuple[int, int, int], size: tuple[int, int] = (40, 3
     Image.new("RGB", size, rgb).save(path)
 
 
+def _fake_detect(entries, feats):
+    """Stands in for the child detector: probability = first feature, one face box per image."""
+    return [Detection(float(f[0]), True, (PersonBox((1.0, 2.0, 3.0, 4.0), 0.99, float(f[0])),), (float(f[0]),), (8, 8))
+            for f in feats]
+
+
 def build(images: Path, index: Path, cache: EmbeddingCache | bool, encoder=None, **kw):
     enc = encoder or CountingEncoder()
     kw.setdefault("manifest_fields", FIELDS)
-    return build_index(images, index, enc, project=l2, child_prob=lambda f: f[:, 0], cache=cache, workers=2,
+    return build_index(images, index, enc, project=l2, detect=_fake_detect, cache=cache, workers=2,
                        batch_size=3, **kw)
 
 
@@ -72,6 +79,10 @@ def test_incremental_add_update_delete(tmp_path: Path, cache: EmbeddingCache) ->
     feats = np.stack([enc.preprocess(load_image(images / n)) for n in sorted(colours)])
     np.testing.assert_allclose(np.asarray(loaded.vectors), l2(feats), atol=1e-6)
     np.testing.assert_allclose(loaded.meta["child_prob"], feats[:, 0], atol=1e-6)
+    # the detector's output travels with each row: boxes and their child probabilities round-trip through meta.csv
+    back = [Detection.from_json(t) for t in loaded.meta["detection"]]
+    np.testing.assert_allclose([d.boxes[0].child_prob for d in back], feats[:, 0], atol=1e-4)
+    assert all(d.boxes[0].box == (1.0, 2.0, 3.0, 4.0) and d.size == (8, 8) for d in back)
 
     enc = CountingEncoder()
     again = build(images, index, cache, enc)

@@ -83,8 +83,9 @@ def test_output_keys_are_the_contract() -> None:
     for policy in ("strict", "audit", "off"):
         out = apply_policy(_result(), policy)
         assert set(out) == {"query", "restricted", "disclaimer", "hits"}
+        extra = {"why"} if policy == "audit" else set()  # only operators see the detector's reasons
         for h in out["hits"]:
-            assert set(h) == {"rank", "image", "path", "score", "restricted", "disclaimer"}
+            assert set(h) == {"rank", "image", "path", "score", "restricted", "disclaimer"} | extra
         json.dumps(out)
 
 

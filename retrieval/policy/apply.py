@@ -4,8 +4,9 @@
 Policies:
     strict (default): a child query -> restricted, no hits, disclaimer. A flagged image keeps its rank and score
         but its image and path become null and the hit carries the disclaimer.
-    audit: nothing withheld (for reviewers); the restricted flags show what strict would withhold; disclaimers
-        are null because nothing is replaced.
+    audit: nothing withheld (for reviewers); the restricted flags show what strict would withhold and each hit's
+        `why` says why (the detector's probability, threshold, reason and face boxes); disclaimers are null
+        because nothing is replaced.
     off: no legal processing: restricted false and disclaimer null everywhere.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from retrieval.errors import InvalidQueryError
 from retrieval.policy.lexicon import is_child_text
 from retrieval.policy.types import DEFAULT_IMAGE_THRESHOLD, DEFAULT_POLICY, POLICIES, Hit, Policy, RawResult
 
-__all__ = ["apply_policy", "apply_policy_many", "validate_policy", "query_is_child", "hit_is_restricted",
+__all__ = ["apply_policy", "apply_policy_many", "explain_hit", "validate_policy", "query_is_child", "hit_is_restricted",
            "Hit", "RawResult", "Policy", "POLICIES", "DEFAULT_POLICY"]
 
 
@@ -58,6 +59,23 @@ def _hit_json(hit: Any, rank: int, restricted: bool, withhold: bool) -> dict[str
     }
 
 
+def explain_hit(hit: Any, image_threshold: float = DEFAULT_IMAGE_THRESHOLD) -> dict[str, Any]:
+    """Why a hit is (or is not) restricted: the detector's verdict, or the probability alone for older rows."""
+    if getattr(hit, "flagged", None):
+        return {"reason": "flagged (forced restricted)", "child_prob": getattr(hit, "child_prob", None),
+                "threshold": round(float(image_threshold), 4), "boxes": []}
+    text = getattr(hit, "detection", None)
+    if text:
+        from retrieval.policy.detector import Detection
+
+        return Detection.from_json(text).explain(float(image_threshold))
+    prob = getattr(hit, "child_prob", None)
+    reason = ("not scored by a child detector" if prob is None else
+              f"child probability {float(prob):.2f} {'>=' if float(prob) >= image_threshold else '<'} "
+              f"threshold {float(image_threshold):.2f}")
+    return {"reason": reason, "child_prob": prob, "threshold": round(float(image_threshold), 4), "boxes": []}
+
+
 def apply_policy(result: RawResult | Any, policy: str = DEFAULT_POLICY) -> dict[str, Any]:
     """Turn one query's raw hits into the public JSON object under `policy`.
 
@@ -68,7 +86,8 @@ def apply_policy(result: RawResult | Any, policy: str = DEFAULT_POLICY) -> dict[
 
     Returns:
         {"query", "restricted", "disclaimer", "hits": [{"rank", "image", "path", "score", "restricted",
-        "disclaimer"}]} -- json.dumps-able (plain str/float/bool/None).
+        "disclaimer"}]} -- json.dumps-able (plain str/float/bool/None); under audit each hit also has "why"
+        (`explain_hit`).
     """
     policy = validate_policy(policy)
     hits = list(result.hits)
@@ -82,7 +101,8 @@ def apply_policy(result: RawResult | Any, policy: str = DEFAULT_POLICY) -> dict[
     flags = [hit_is_restricted(h, threshold) for h in hits]
     if policy == "audit":
         return {"query": result.query, "restricted": query_restricted, "disclaimer": None,
-                "hits": [_hit_json(h, r, f, False) for h, r, f in zip(hits, ranks, flags)]}
+                "hits": [{**_hit_json(h, r, f, False), "why": explain_hit(h, threshold)}
+                         for h, r, f in zip(hits, ranks, flags)]}
 
     if query_restricted:
         return {"query": result.query, "restricted": True, "disclaimer": DISCLAIMER, "hits": []}

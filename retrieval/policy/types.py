@@ -28,6 +28,8 @@ class Hit:
         image_id: row id in the index.
         flagged: set True to force-restrict an image regardless of `child_prob` (e.g. its known captions
             mention a child); None/False leaves the decision to `child_prob >= RawResult.image_threshold`.
+        detection: the child detector's JSON stored in the index (`policy.detector.Detection`); the audit view
+            turns it into the reason and the face boxes.
     """
 
     rank: int
@@ -37,6 +39,7 @@ class Hit:
     child_prob: float | None
     image_id: int
     flagged: bool | None = None
+    detection: str | None = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@
       const img = el("img");
       img.src = hit.thumb; img.alt = hit.image; img.loading = "lazy";
       a.appendChild(img);
+      if (hit.why) a.appendChild(boxes(hit.why));
       c.appendChild(a);
     } else {
       c.classList.add("is-withheld");
@@ -48,9 +49,30 @@
       name.title = hit.image;
       if (hit.restricted) name.appendChild(el("span", "flag", " · restricted"));
       meta.appendChild(name);
+      if (hit.why) meta.appendChild(el("div", "why", hit.why.reason));
     }
     c.appendChild(meta);
     return c;
+  }
+
+  // Audit view: the detector's face boxes over the picture (image shown whole: object-fit contain, 4:3 frame).
+  function boxes(why) {
+    const layer = el("div", "boxes");
+    const w = (why.size || [0, 0])[0], h = (why.size || [0, 0])[1];
+    if (!w || !h) return layer;
+    const fit = Math.min(4 / w, 3 / h), pw = w * fit, ph = h * fit;
+    const ox = (4 - pw) / 2, oy = (3 - ph) / 2;
+    for (const b of why.boxes || []) {
+      const d = el("div", "box" + (b.child_prob >= 0.5 ? " child" : ""));
+      d.style.left = ((ox + b.box[0] * fit) / 4 * 100) + "%";
+      d.style.top = ((oy + b.box[1] * fit) / 3 * 100) + "%";
+      d.style.width = ((b.box[2] - b.box[0]) * fit / 4 * 100) + "%";
+      d.style.height = ((b.box[3] - b.box[1]) * fit / 3 * 100) + "%";
+      d.title = "P(child) " + b.child_prob.toFixed(2);
+      d.appendChild(el("span", "", b.child_prob.toFixed(2)));
+      layer.appendChild(d);
+    }
+    return layer;
   }
 
   function render() {
@@ -115,6 +137,7 @@
 
   fetch("/api/health").then((r) => r.json()).then((h) => {
     $("health").textContent = h.count + " images indexed · model " + (h.model_id || "?") + " · policy " + h.policy;
+    if (h.policy === "audit") document.body.classList.add("audit");
   }).catch(() => { $("health").textContent = "server unreachable"; });
 
   const initial = new URLSearchParams(location.search).get("q");
