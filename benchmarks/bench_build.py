@@ -9,6 +9,9 @@ Usage: PYTHONPATH=. python benchmarks/bench_build.py [--n 128] [--naive-n 32] [-
 - build: `retrieval.indexer.build_index` (parallel decode threads, batches of 32, default backend, no embedding
   cache, a fresh index folder each run) for 1, 2 and 4 views per image.
 - forward: `embed_batch` alone on already-decoded items, batch 32 and 1, for each backend.
+- child detector (--detector-model, default the shipped light model, whose image head reads Lite0 features): the
+  detector alone on decoded images (MTCNN faces + Lite0 crops + heads), and build_index views=1 with it, i.e. what
+  `retrieve build-index` really pays per image.
 
 Input: the first --n course train images (500x375 JPEGs) copied into a temp folder. Rounds are interleaved (the
 2 cores are shared with other jobs), the first round is a warm-up and dropped, medians are reported; wall time
@@ -86,6 +89,9 @@ def main() -> None:
     ap.add_argument("--encoder", default="efficientnet-lite0", choices=("efficientnet-lite0", "efficientnet-lite2"))
     ap.add_argument("--views", default="1,2,4", help="view counts to build with (1=center, 2=+full, 4=+flips)")
     ap.add_argument("--skip-forward", action="store_true", help="skip the forward-only backend table")
+    ap.add_argument("--detector-model", default="light",
+                    help="model folder whose child detector is timed ('none' to skip); its image head must read "
+                         "--encoder features")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_build.json"))
     args = ap.parse_args()
 
@@ -125,10 +131,11 @@ def main() -> None:
 
     run_id = iter(range(10**6))
 
-    def build(enc: image_mod.TorchImageEncoder) -> Callable[[], object]:
+    def build(enc: image_mod.TorchImageEncoder, detect: Callable | None = None) -> Callable[[], object]:
         def go() -> object:
             out = tmp / f"index-{next(run_id)}"
-            report = build_index(img_dir, out, enc, project=lambda f: f, cache=False, workers=2, batch_size=32)
+            report = build_index(img_dir, out, enc, project=lambda f: f, cache=False, workers=2, batch_size=32,
+                                 detect=detect)
             assert report.count == n, report
             shutil.rmtree(out, ignore_errors=True)
             return report
@@ -148,6 +155,21 @@ def main() -> None:
     }
     for v in (int(x) for x in args.views.split(",")):
         variants[f"build_index {default.backend} views={v}"] = (build(encoder(v)), n)
+    if args.detector_model != "none":
+        from retrieval.build import child_detector, load_model
+        from retrieval.imageio import load_image
+        from retrieval.policy.detector import DetectorRuntime
+
+        model = load_model(args.detector_model)
+        if model.detector.image_head.dim != default.dim:
+            sys.exit(f"--detector-model {args.detector_model} reads {model.detector.image_head.dim}-d image features, "
+                     f"--encoder {args.encoder} gives {default.dim}; pass matching ones")
+        runtime = DetectorRuntime(model.detector)
+        decoded = [load_image(f, target_size=None) for f in files[:32]]
+        zeros = np.zeros((len(decoded), default.dim), np.float32)
+        variants["child detector alone (batch 32)"] = ((lambda: runtime.detect(decoded, zeros)), len(decoded))
+        variants[f"build_index {default.backend} views=1 + child detector"] = (
+            build(encoder(1), child_detector(model)), n)
     if not args.skip_forward:
         items = [default.preprocess(Image.open(f).convert("RGB")) for f in files[:32]]
         for backend in ("reference", "torch", "openvino"):

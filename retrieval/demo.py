@@ -79,12 +79,14 @@ def run_samples(out: Path, k: int = 3) -> Path:
         _print(results)
     (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in views["strict"]), encoding="utf-8")
     results_page("retrieval demo: audit view (operators)", views["audit"], out / "audit.html",
-                 intro="<p>Same queries under <code>--policy audit</code>: every image shown, flags marked.</p>")
+                 intro="<p>Same queries under <code>--policy audit</code>: every image shown, flags marked, faces boxed "
+                       "with the detector's P(child), and the reason under each image.</p>")
     page = results_page("retrieval demo: sample photos", views["strict"], out / "index.html",
                         intro="<p>Index built by <code>make demo</code> over the sample photos shipped with scikit-image "
                               "and scikit-learn; scores are calibrated 0..1 relevance. This is the <b>strict</b> view "
-                              "(what a user where the child-protection law applies sees); the probe is tuned for recall, "
-                              "so unfamiliar pictures are withheld too. Operator view: <a href='audit.html'>audit.html</a>.</p>")
+                              "(what a user where the child-protection law applies sees): an image is withheld when the "
+                              "child detector finds a person and judges a child likely. Operator view, with the "
+                              "detector's face boxes and reasons: <a href='audit.html'>audit.html</a>.</p>")
     click.echo(f"\nwrote {page} and {out / 'audit.html'}\nsearch interactively: retrieve serve --index {out / 'index'}")
     return page
 
