@@ -11,7 +11,7 @@ from PIL import Image
 from retrieval.errors import DetectorUnavailableError
 from retrieval.policy.apply import apply_policy
 from retrieval.policy.classifiers import threshold_for_recall
-from retrieval.policy.detector import FEATURES, ChildDetector, Detection, DetectorRuntime, PersonBox
+from retrieval.policy.detector import FEATURES, N_FUSED, ChildDetector, Detection, DetectorRuntime, PersonBox
 from retrieval.policy.detector_train import FaceTable, constant_probe, detector_metrics, fit_detector
 from retrieval.policy.faces import Face
 from retrieval.policy.types import Hit, RawResult
@@ -43,10 +43,10 @@ def _world(n: int = 240, seed: int = 0):
 
 def _detector(threshold: float = 0.3, person_threshold: float = 0.5) -> ChildDetector:
     """Fusion = 2 * max face logit + image logit; gate from the person head's logit (feature 1)."""
-    w = np.zeros(len(FEATURES))
+    w = np.zeros(N_FUSED)
     w[0], w[3] = 1.0, 2.0
-    return ChildDetector(constant_probe(4), constant_probe(4), constant_probe(3), np.zeros(len(FEATURES)),
-                         np.ones(len(FEATURES)), w, 0.0, person_threshold, threshold)
+    return ChildDetector(constant_probe(4), constant_probe(4), constant_probe(3), np.zeros(N_FUSED),
+                         np.ones(N_FUSED), w, 0.0, person_threshold, threshold)
 
 
 # ----------------------------------------------------------------------------------------------- gating
@@ -246,3 +246,28 @@ def test_index_of_the_previous_format_names_the_rebuild_command(fake_env, tmp_pa
     assert res.exit_code == 0, res.output
     assert json.loads((idx / "manifest.json").read_text())["format_version"] == 2
     assert run_cli("query", "a dog", "--index", idx, "--model", fake_env / "model").exit_code == 0
+
+
+def test_unfamiliar_photo_without_a_face_is_not_a_person_but_a_familiar_one_is() -> None:
+    from retrieval.policy.detector import familiarity, reference_space
+
+    rng = np.random.default_rng(1)
+    scale = np.r_[np.ones(4), np.full(12, 0.05)]
+    train = rng.normal(size=(200, 16)) * scale + np.r_[3.0, np.zeros(15)]  # the photos the heads learned from
+    mean, proj, ref = reference_space(train, k=8)
+    like = train[:5] + 0.05 * rng.normal(size=(5, 16))
+    unlike = np.zeros((5, 16))
+    unlike[:, 8:] = rng.normal(size=(5, 8))  # directions no training photo takes
+    assert familiarity(like, mean, proj, ref).min() > familiarity(unlike, mean, proj, ref).max()
+    det = _detector(person_threshold=0.5)
+    det = ChildDetector(det.image_head, det.person_head, det.face_head, det.fusion_mean, det.fusion_scale,
+                        det.fusion_weight, det.fusion_bias, 0.5, 0.3, familiar_threshold=0.5)
+    Z = np.zeros((3, len(FEATURES)))
+    Z[:, 0] = 8.0
+    Z[:, 1] = 3.0  # the person head fires on all three
+    Z[0, 6], Z[1, 6] = 0.9, 0.1  # familiar, unfamiliar
+    Z[2, 6], Z[2, 2], Z[2, 3] = 0.1, 1.0, 1.0  # unfamiliar but a face was found
+    assert det.person(Z).tolist() == [True, False, True]
+    assert det.fuse(Z)[1] == 0.0
+    back = ChildDetector.from_tensors(det.to_tensors())
+    assert back.familiar_threshold == pytest.approx(0.5) and back.ref is None

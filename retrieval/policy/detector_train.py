@@ -18,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from retrieval.policy.classifiers import LinearProbe, _fit_lr, threshold_for_recall
-from retrieval.policy.detector import FEATURES, ChildDetector, _logit, _sigmoid, fusion_features
+from retrieval.policy.detector import (FEATURES, N_FUSED, ChildDetector, _logit, _sigmoid, familiarity, fusion_features,
+                                       reference_space)
 from retrieval.policy.faces import Face
 
 FloatArray = npt.NDArray[np.float32]
@@ -27,6 +28,8 @@ BoolArray = npt.NDArray[np.bool_]
 TARGET_RECALL = 0.97
 #: The gate lets through this share of positive images that show no face (out-of-fold).
 GATE_RECALL = 0.99
+#: Out-of-fold, at most this share of positive images without a face is called unfamiliar.
+UNFAMILIAR_MAX = 0.01
 C_IMAGE = 0.001
 C_FACE = 0.003
 C_FUSION = 1.0
@@ -101,7 +104,7 @@ def _fit_face_head(ft: FaceTable, train: BoolArray, labels: npt.NDArray[np.str_]
 
 
 def _rows(heads: tuple[LinearProbe, LinearProbe, LinearProbe], G: FloatArray, ft: FaceTable,
-          idx: npt.NDArray[np.int64]) -> FloatArray:
+          idx: npt.NDArray[np.int64], refs: tuple[FloatArray, FloatArray, FloatArray]) -> FloatArray:
     image_head, person_head, face_head = heads
     fp = face_head.predict_proba(ft.feats) if len(ft.feats) else np.zeros(0, np.float32)
     faces, probs = [], []
@@ -110,7 +113,7 @@ def _rows(heads: tuple[LinearProbe, LinearProbe, LinearProbe], G: FloatArray, ft
         faces.append(fs)
         probs.append(fp[rows])
     return fusion_features(_logit(image_head.predict_proba(G[idx])), _logit(person_head.predict_proba(G[idx])),
-                           faces, probs, [tuple(ft.sizes[i]) for i in idx])  # type: ignore[misc]
+                           faces, probs, [tuple(ft.sizes[i]) for i in idx], familiarity(G[idx], *refs))  # type: ignore[misc]
 
 
 def _fit_heads(G: FloatArray, ft: FaceTable, labels: npt.NDArray[np.str_], person: BoolArray, train: BoolArray
@@ -123,6 +126,7 @@ def _fit_heads(G: FloatArray, ft: FaceTable, labels: npt.NDArray[np.str_], perso
 def _fit_fusion(Z: FloatArray, y: BoolArray) -> tuple[FloatArray, FloatArray, FloatArray, float]:
     from sklearn.linear_model import LogisticRegression
 
+    Z = Z[:, :N_FUSED]
     mean, scale = Z.mean(0), Z.std(0) + 1e-6
     lr = LogisticRegression(C=C_FUSION, class_weight="balanced", max_iter=2000).fit((Z - mean) / scale, y)
     return mean.astype(np.float64), scale.astype(np.float64), lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
@@ -132,6 +136,12 @@ def _gate_threshold(Z: FloatArray, y: BoolArray) -> float:
     """Person-head probability that lets GATE_RECALL of the positive images without a face through."""
     no_face = Z[:, 2] == 0
     return threshold_for_recall(y[no_face], _sigmoid(Z[no_face, 1]), GATE_RECALL) if (y & no_face).any() else 0.0
+
+
+def _familiar_threshold(Z: FloatArray, y: BoolArray) -> float:
+    """Familiarity below which at most UNFAMILIAR_MAX of the positive images without a face fall."""
+    pos = y & (Z[:, 2] == 0)
+    return float(np.quantile(Z[pos, 6], UNFAMILIAR_MAX)) if pos.sum() >= 20 else -1.0
 
 
 def fit_detector(image_feats: npt.ArrayLike, ft: FaceTable, labels: Sequence[str], person: npt.ArrayLike,
@@ -156,21 +166,21 @@ def fit_detector(image_feats: npt.ArrayLike, ft: FaceTable, labels: Sequence[str
     for tr, va in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(G, labels_a):
         train = np.zeros(n, bool)
         train[tr] = True
-        Z[va] = _rows(_fit_heads(G, ft, labels_a, person_a, train), G, ft, va)
+        Z[va] = _rows(_fit_heads(G, ft, labels_a, person_a, train), G, ft, va, reference_space(G[tr]))
     oof = np.zeros(n, np.float64)
     gate_oof = np.zeros(n, bool)
     for tr, va in StratifiedKFold(n_splits, shuffle=True, random_state=seed + 1).split(Z, labels_a):
         mean, scale, w, b = _fit_fusion(Z[tr], y[tr])
         det = ChildDetector(*_placeholder_heads(G.shape[1], ft.feats.shape[1]), mean, scale, w, b,
-                            _gate_threshold(Z[tr], y[tr]), 0.5)
+                            _gate_threshold(Z[tr], y[tr]), 0.5, _familiar_threshold(Z[tr], y[tr]))
         oof[va] = det.fuse(Z[va])
         gate_oof[va] = det.person(Z[va])
     threshold = threshold_for_recall(y, oof, target_recall)
     metrics = detector_metrics(labels_a, oof, threshold, person_a, gate_oof)
     mean, scale, w, b = _fit_fusion(Z, y)
     heads = _fit_heads(G, ft, labels_a, person_a, np.ones(n, bool))
-    detector = ChildDetector(*heads, mean, scale, w, b, _gate_threshold(Z, y), threshold,
-                             {"target_recall": target_recall, "features": list(FEATURES)})
+    detector = ChildDetector(*heads, mean, scale, w, b, _gate_threshold(Z, y), threshold, _familiar_threshold(Z, y),
+                             *reference_space(G), meta={"target_recall": target_recall, "features": list(FEATURES)})
     return detector, metrics, oof
 
 
