@@ -27,6 +27,12 @@ def test_training_on_course_data_reproduces_shipped_model(tmp_path):
     for key in ("retrieval_non_child", "retrieval_all"):
         for metric in ("R@1", "R@5", "R@10"):
             assert b.validation["validation"][key][metric] == pytest.approx(a.validation["validation"][key][metric], abs=0.2)
+    # the child detector comes out the same: threshold and out-of-fold withheld shares on the visual labels
+    da, db = a.validation["child_detector"], b.validation["child_detector"]
+    assert db["threshold"] == pytest.approx(da["threshold"], abs=1e-3)
+    for key in ("withheld_child", "withheld_none", "withheld_unsure"):
+        assert db[key] == pytest.approx(da[key], abs=0.005)
+    assert fresh.detector.threshold == pytest.approx(a.child_image_threshold, abs=1e-3)
     rng = np.random.default_rng(0)
     img = rng.standard_normal((50, a.image_dim)).astype(np.float32)
     txt = rng.standard_normal((50, a.text_dim)).astype(np.float32)
