@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from retrieval.atomic import atomic_path
 
 TILE_W, TILE_H = 320, 240
-CAPTION_H = 44
+CAPTION_H = 60
 PAD = 8
 TITLE_H = 26
 
@@ -90,8 +90,11 @@ def _tile(hit: dict[str, Any] | None, restricted_query: str | None) -> Any:
             caption += f"\n{why.get('reason', '')}"
     lines = caption.split("\n")
     draw.text((4, TILE_H + 3), lines[0], fill="#b00" if "RESTRICTED" in lines[0] else "black", font=small)
-    if len(lines) > 1:
-        draw.text((4, TILE_H + 22), textwrap.shorten(lines[1], 58), fill="#555", font=tiny)
+    if len(lines) > 1:  # the reason, on two lines at most
+        for k, part in enumerate(textwrap.wrap(lines[1], 56)[:2]):
+            if k == 1 and len(textwrap.wrap(lines[1], 56)) > 2:
+                part = textwrap.shorten(part + " " + " ".join(textwrap.wrap(lines[1], 56)[2:]), 56)
+            draw.text((4, TILE_H + 21 + 15 * k), part, fill="#555", font=tiny)
     return tile
 
 

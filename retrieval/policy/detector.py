@@ -93,7 +93,7 @@ class Detection:
     def explain(self, threshold: float) -> dict[str, Any]:
         """Why this image is (or is not) restricted, for the audit JSON and page."""
         if not self.person:
-            reason = "no person found (no face, person head below its gate): not restricted"
+            reason = "no person found (no face; person head below its gate, or a photo unlike the training photos): not restricted"
         elif self.prob >= threshold:
             top = max(self.boxes, key=lambda b: b.child_prob, default=None)
             reason = (f"child probability {self.prob:.2f} >= threshold {threshold:.2f}"
