@@ -40,7 +40,8 @@ def test_query_json_schema_scores_sorted_and_k(env):
     scores = [h["score"] for h in out["hits"]]
     assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
     for hit in out["hits"]:
-        assert set(hit) == HIT_KEYS and Path(hit["path"]).is_file() and Path(hit["path"]).name == hit["image"]
+        assert set(hit) == HIT_KEYS | {"why"} and Path(hit["path"]).is_file() and Path(hit["path"]).name == hit["image"]
+        assert {"reason", "child_prob", "threshold", "boxes"} <= set(hit["why"])  # audit says why
 
 
 def test_min_score_filters(env):

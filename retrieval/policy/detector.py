@@ -23,6 +23,7 @@ import numpy.typing as npt
 from retrieval.errors import DetectorUnavailableError, ModelMismatchError
 from retrieval.policy.classifiers import LinearProbe
 from retrieval.policy.faces import Face
+from retrieval.projection import l2n
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -197,22 +198,18 @@ class ChildDetector:
 
 def reference_space(image_feats: npt.ArrayLike, k: int = 64) -> tuple[FloatArray, FloatArray, FloatArray]:
     """(mean, PCA basis, reference rows) of training photos for `familiarity`."""
-    X = np.asarray(image_feats, np.float64)
-    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    X = l2n(np.asarray(image_feats, np.float64))
     mean = X.mean(0)
     _, _, vt = np.linalg.svd(X - mean, full_matrices=False)
     proj = vt[: min(k, vt.shape[0])].T
-    R = (X - mean) @ proj
-    R /= np.maximum(np.linalg.norm(R, axis=1, keepdims=True), 1e-12)
+    R = l2n((X - mean) @ proj)
     return mean.astype(np.float32), proj.astype(np.float32), R.astype(np.float32)
 
 
 def familiarity(image_feats: npt.ArrayLike, mean: npt.ArrayLike, proj: npt.ArrayLike, ref: npt.ArrayLike,
                 k: int = K_NEAR) -> npt.NDArray[np.float64]:
-    X = np.asarray(image_feats, np.float64)
-    X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-    Q = (X - np.asarray(mean, np.float64)) @ np.asarray(proj, np.float64)
-    Q /= np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
+    X = l2n(np.asarray(image_feats, np.float64))
+    Q = l2n((X - np.asarray(mean, np.float64)) @ np.asarray(proj, np.float64))
     S = Q @ np.asarray(ref, np.float64).T
     kk = min(k, S.shape[1])
     return np.sort(S, axis=1)[:, -kk] if kk else np.ones(len(X))
