@@ -192,9 +192,11 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
         t = time.perf_counter()
         index, params = build_ann(x)
         out["build_s"] = time.perf_counter() - t
-        try:
-            child = model.child_image_prob(img_feats)
-        except Exception:  # noqa: BLE001 - a model without an image probe: leave it unscored
+        if model.detector is not None:  # the detector's verdict as if no face were found (rows have no pixels)
+            n_img = len(img_feats)
+            det = model.detector
+            child = det.fuse(det.image_features(img_feats, [[]] * n_img, [np.zeros(0)] * n_img, [(1, 1)] * n_img))
+        else:
             child = np.full(len(names), np.nan)
         child_prob = np.concatenate([child[: min(n, len(names))], np.zeros(max(0, n - len(names)))])
         meta = make_meta(names[: min(n, len(names))], n, child_prob)

@@ -50,7 +50,7 @@ def _thumbnail(hit: dict[str, Any]) -> tuple[Any, float, tuple[int, int]]:
 
     from retrieval.imageio import load_image
 
-    im = load_image(hit["path"], target_size=None)
+    im = load_image(hit["path"])  # JPEG draft decode: a tile needs no full resolution; boxes scale by width
     w, h = im.size
     scale = min(TILE_W / w, TILE_H / h)
     thumb = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
@@ -90,10 +90,11 @@ def _tile(hit: dict[str, Any] | None, restricted_query: str | None) -> Any:
             caption += f"\n{why.get('reason', '')}"
     lines = caption.split("\n")
     draw.text((4, TILE_H + 3), lines[0], fill="#b00" if "RESTRICTED" in lines[0] else "black", font=small)
-    if len(lines) > 1:  # the reason, on two lines at most
-        for k, part in enumerate(textwrap.wrap(lines[1], 56)[:2]):
-            if k == 1 and len(textwrap.wrap(lines[1], 56)) > 2:
-                part = textwrap.shorten(part + " " + " ".join(textwrap.wrap(lines[1], 56)[2:]), 56)
+    if len(lines) > 1:  # the reason, on two lines at most (the second shortened with [...] if it runs on)
+        wrapped = textwrap.wrap(lines[1], 56)
+        if len(wrapped) > 2:
+            wrapped = [wrapped[0], textwrap.shorten(" ".join(wrapped[1:]), 56)]
+        for k, part in enumerate(wrapped):
             draw.text((4, TILE_H + 21 + 15 * k), part, fill="#555", font=tiny)
     return tile
 

@@ -190,33 +190,33 @@ def course_embeddings(
 def course_face_table(data_dir: Path | str, progress: Progress | None = None) -> Any:
     """Faces (MTCNN) and crop-encoder features of every train image, as a `detector_train.FaceTable` (cached by the
     face finder's settings, the crop encoder's checksum and the image files)."""
-    from retrieval.policy.detector import CROP_CONTEXT, CROP_ENCODER, MAX_FACES
-    from retrieval.policy.detector_train import FaceTable
-    from retrieval.policy.faces import FaceFinder, crops
-    from retrieval.encoders import build_image_encoder
     from retrieval.imageio import load_image
+    from retrieval.policy.detector import (CROP_CONTEXT, CROP_ENCODER, MAX_FACES, faces_and_crop_features,
+                                           load_crop_encoder)
+    from retrieval.policy.detector_train import FaceTable
+    from retrieval.policy.faces import FaceFinder
 
     data_dir = Path(data_dir)
     names = course_image_names(data_dir)
     folder = data_dir / "train_images"
-    finder = FaceFinder()
-    encoder = build_image_encoder(CROP_ENCODER, views=("full",))
+    encoder = load_crop_encoder()
     data_fp = _sha([f"{n}:{(folder / n).stat().st_size}" for n in names])
-    key = _sha([finder.id, CROP_ENCODER, encoder.checksum(), str(CROP_CONTEXT), str(MAX_FACES), data_fp])[:24]
+    key = _sha([FaceFinder.id, CROP_ENCODER, encoder.checksum(), str(CROP_CONTEXT), str(MAX_FACES), data_fp])[:24]
     path = _feature_dir() / f"faces-{key}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             return FaceTable(z["image"], z["boxes"], z["probs"], z["feats"], z["sizes"])
+    finder = FaceFinder()
     image, boxes, probs, feats, sizes = [], [], [], [], []
     for i, n in enumerate(names):
         im = load_image(folder / n, target_size=None)  # as the build decodes for the detector
         sizes.append(im.size)
-        faces = finder.find(im)[:MAX_FACES]
+        [faces], f = faces_and_crop_features(finder, encoder, [im])
         if faces:
-            feats.append(encoder.embed_batch([encoder.preprocess(c) for c in crops(im, faces, CROP_CONTEXT)]))
+            feats.append(f)
             image += [i] * len(faces)
-            boxes += [f.box for f in faces]
-            probs += [f.prob for f in faces]
+            boxes += [face.box for face in faces]
+            probs += [face.prob for face in faces]
         if progress and ((i + 1) % 50 == 0 or i + 1 == len(names)):
             progress("faces", i + 1, len(names))
     table = FaceTable(np.asarray(image, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4),

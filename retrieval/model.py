@@ -123,7 +123,6 @@ class RetrievalModel:
             return (b * cos if b else cos).astype(np.float32)
         return (a * logit(self.reranker) + b * cos).astype(np.float32)
 
-
     def child_text_prob(self, feats: np.ndarray) -> FloatArray:
         if self.text_probe is None:
             raise ModelMismatchError("this model has no child text probe; retrain it with `retrieve train`")

@@ -288,6 +288,8 @@ def train_model(
     caption_restricted = restricted_images(ev, text_child)
     labels = _visual_or_caption_labels(emb.image_names, caption_restricted)
     restricted = np.asarray([lab != "none" for lab in labels], bool)
+    # folds of the policy heads: each needs child and child-free images (visual / caption labels, before any override)
+    n_splits = int(min(5, restricted.sum(), (~restricted).sum()))
     if is_restricted_image is not None:
         restricted = restricted | np.asarray(is_restricted_image, bool)
     rule = not keep_restricted
@@ -323,10 +325,10 @@ def train_model(
     coef, icpt = _fit_head(X[fit_rows], rows.target[fit_rows], weight[fit_rows], lists, cfg, seed)
     reranker = Reranker(coef.astype(np.float32), icpt, fit_calibration(keys[j, allowed], rows.target[allowed]),
                         caption_memory(emb, proj, pairs, cfg))
-    detector, det_metrics = _detector(data_dir, emb, labels, caption_restricted, seed, say)
+    detector, det_metrics = _detector(data_dir, emb, labels, caption_restricted, n_splits, seed, say)
     if det_metrics:
         metrics["child_detector"] = det_metrics
-    text_probe = _text_probe(emb, text_child, labels, seed, say, text_encoder)
+    text_probe = _text_probe(emb, text_child, n_splits, seed, say, text_encoder)
     from retrieval.encoders import build_image_encoder, build_text_encoder
 
     ienc = build_image_encoder(image_encoder, views=tuple(views))
@@ -364,18 +366,12 @@ def _visual_or_caption_labels(image_names: Sequence[str], caption_restricted: np
             for v, c in zip(labels_for(image_names), caption_restricted)]
 
 
-def _n_splits(labels: Sequence[str]) -> int:
-    y = np.asarray([lab != "none" for lab in labels])
-    return int(min(5, y.sum(), (~y).sum()))
-
-
 def _detector(data_dir: Path, emb: CourseEmbeddings, labels: Sequence[str], caption_restricted: np.ndarray,
-              seed: int, say: Progress) -> tuple[Any, dict[str, Any]]:
+              n_splits: int, seed: int, say: Progress) -> tuple[Any, dict[str, Any]]:
     """The child detector (retrieval.policy.detector) fitted on the visual labels, with its out-of-fold metrics."""
     from retrieval.features import course_face_table, read_extra_captions
     from retrieval.policy.detector_train import caption_person_labels, detector_metrics, fit_detector
 
-    n_splits = _n_splits(labels)
     if n_splits < 2:
         say("too few child / child-free images for the child detector; skipped")
         return None, {}
@@ -391,11 +387,10 @@ def _detector(data_dir: Path, emb: CourseEmbeddings, labels: Sequence[str], capt
     return detector, m
 
 
-def _text_probe(emb: CourseEmbeddings, text_child: np.ndarray, labels: Sequence[str], seed: int, say: Progress,
+def _text_probe(emb: CourseEmbeddings, text_child: np.ndarray, n_splits: int, seed: int, say: Progress,
                 text_encoder: str) -> Any:
     from retrieval.policy.train import fit_text_probe
 
-    n_splits = _n_splits(labels)
     if n_splits < 2:
         return None
     say("child text probe: captions + hand-labelled training queries (retrieval/policy/child_queries_train.tsv)")

