@@ -219,17 +219,19 @@ def score_cmd(image: Path | None, text: str | None, model_dir: Path | None, pair
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Course-layout training folder.")
 @click.option("--image-encoder", default="efficientnet-lite0", show_default=True)
 @click.option("--text-encoder", default="all-mpnet-base-v2", show_default=True)
+@click.option("--views", default="center", show_default=True, help="Comma-separated image views, e.g. center,full.")
 @click.option("--queries", type=click.Path(path_type=Path), default=None,
               help="Held-out `text<TAB>child|adult` TSV (e.g. tests/fixtures/policy_queries.tsv).")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write the precision-recall PNG here.")
-def policy_eval_cmd(data_dir: Path, image_encoder: str, text_encoder: str, queries: Path | None,
+def policy_eval_cmd(data_dir: Path, image_encoder: str, text_encoder: str, views: str, queries: Path | None,
                     plot: Path | None) -> None:
     """Measure the child probes (grouped CV on images, held-out queries for text) and print JSON."""
     import json
 
     from retrieval.policy.train import evaluate_policy
 
-    click.echo(json.dumps(evaluate_policy(data_dir, image_encoder, text_encoder, queries=queries, plot=plot), indent=1))
+    click.echo(json.dumps(evaluate_policy(data_dir, image_encoder, text_encoder, tuple(views.split(",")),
+                                          queries=queries, plot=plot), indent=1))
 
 
 def main() -> None:

@@ -54,6 +54,13 @@ def test_text_probe_and_lexicon_on_held_out_queries(course: Path) -> None:
     assert combined["child_blocked"] > out["queries"]["lexicon"]["child_blocked"]
     img = out["image_probe"]
     assert img["recall"] >= 0.97 and img["auc"] >= 0.85  # measured AUC 0.875
+    # the caption-label probe judged by the visual labels: re-thresholded like the detector it keeps >= 97 % of
+    # child + unsure, which can only withhold more of everything than its own threshold does
+    vis = out["image_probe_vs_visual_labels"]
+    own, rule = vis["own_threshold"], vis["detector_rule"]
+    assert rule["threshold"] <= own["threshold"]
+    assert all(rule[k] >= own[k] for k in ("withheld_child", "withheld_none", "withheld_unsure"))
+    assert 0.0 < own["withheld_none"] < 1.0
 
 
 @pytest.mark.slow

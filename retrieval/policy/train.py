@@ -85,6 +85,25 @@ def fit_policy_probes(
     return PolicyProbes(text, image, metrics)
 
 
+def _against_visual_labels(image_names: Sequence[str], oof: np.ndarray, threshold: float, target_recall: float
+                           ) -> dict[str, Any]:
+    """The caption-label probe judged by the visual labels: at its own threshold, and re-thresholded like the
+    child detector (recall `target_recall` on child + unsure)."""
+    from retrieval.policy.detector_train import detector_metrics
+    from retrieval.policy.visual_labels import labels_for
+
+    labels = labels_for(image_names)
+    known = np.array([lab is not None for lab in labels])
+    if not known.any():
+        return {}
+    lab = np.asarray([lab for lab in labels if lab is not None])
+    p = np.asarray(oof, np.float64)[known]
+    keep = ("withheld_child", "withheld_none", "withheld_unsure", "threshold")
+    visual_t = threshold_for_recall(lab != "none", p, target_recall)
+    return {"own_threshold": {k: v for k, v in detector_metrics(lab, p, threshold).items() if k in keep},
+            "detector_rule": {k: v for k, v in detector_metrics(lab, p, visual_t).items() if k in keep}}
+
+
 def evaluate_policy(
     data_dir: Path, image_encoder: str = "efficientnet-lite0", text_encoder: str = "all-mpnet-base-v2",
     views: Sequence[str] = ("center",), queries: Path | None = None, plot: Path | None = None,
@@ -106,6 +125,7 @@ def evaluate_policy(
         "image_probe": policy_metrics(y_img, oof, t_img),
         "image_probe_at_recall_0.95": policy_metrics(y_img, oof, threshold_for_recall(y_img, oof, 0.95)),
     }
+    out["image_probe_vs_visual_labels"] = _against_visual_labels(emb.image_names, oof, t_img, target_recall)
     curves = {f"image probe ({image_encoder}, LR)": (y_img, oof)}
     points = {f"image probe ({image_encoder}, LR)": t_img}
     if queries is not None:
