@@ -8,6 +8,9 @@ Folder layout (row i of every file is FAISS id i):
   manifest.json  format_version, count, dim, metric, index type + params, encoders, model_id, versions, dates
 meta is CSV because pyarrow is not a dependency; it is written with surrogateescape so any file name round-trips.
 
+Sidecar folders the caller names in `carry` (e.g. `reviews/`, the operator's decisions) are copied from the current
+folder into the new one at the swap, under `IndexStore.lock`, so a rebuild never drops them.
+
 Write protocol: everything goes to a sibling `.<name>.tmp-<pid>` folder, each file and the folder are fsynced,
 then the folder is swapped in. On Linux the swap is one `renameat2(RENAME_EXCHANGE)`: atomic. Elsewhere it is
 rename-aside (`.<name>.old-<pid>`) then rename-in; `load` falls back to the aside copy if it runs in between,
@@ -23,7 +26,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -87,8 +90,10 @@ class IndexStore:
         index_params: Mapping[str, Any] | None = None,
         flat_max: int = FLAT_MAX,
         vector_dtype: str = "float32",
+        carry: Sequence[str] = (),
     ) -> Manifest:
-        """Write a complete index folder atomically; builds the ANN from `vectors` unless `index` is given."""
+        """Write a complete index folder atomically; builds the ANN from `vectors` unless `index` is given.
+        Entries named in `carry` are copied over from the folder being replaced (under the folder's lock)."""
         import faiss
 
         folder = _target(folder)
@@ -144,12 +149,24 @@ class IndexStore:
                 _flush(fh)
             manifest.write(tmp)
             _fsync_file(tmp / MANIFEST_NAME)
-            _fsync_dir(tmp)
-            _swap_in(tmp, folder)
+            with IndexStore.lock(folder):
+                _carry_over(folder, tmp, carry)
+                _fsync_dir(tmp)
+                _swap_in(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return manifest
+
+    @staticmethod
+    def lock(folder: str | os.PathLike[str], timeout: float = 60.0) -> Any:
+        """An exclusive inter-process lock on the index folder (a sibling `.<name>.lock` file, so it survives the
+        swap): taken by `write` for the swap and by every writer of a sidecar folder."""
+        from filelock import FileLock
+
+        folder = Path(folder).expanduser().resolve()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder.parent / f".{folder.name}.lock"), timeout=timeout)
 
     @staticmethod
     def load(
@@ -213,6 +230,23 @@ def clean_stale(folder: str | os.PathLike[str]) -> None:
             os.replace(path, folder)
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _carry_over(folder: Path, tmp: Path, names: Sequence[str]) -> None:
+    """Copy each sidecar entry of the current folder into the new one (files fsynced)."""
+    for name in names:
+        src = folder / name
+        if not src.exists():
+            continue
+        if src.is_dir():
+            shutil.copytree(src, tmp / name)
+            for path in (tmp / name).rglob("*"):
+                if path.is_file():
+                    _fsync_file(path)
+            _fsync_dir(tmp / name)
+        else:
+            shutil.copy2(src, tmp / name)
+            _fsync_file(tmp / name)
 
 
 def _target(folder: str | os.PathLike[str]) -> Path:

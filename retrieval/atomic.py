@@ -31,13 +31,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Atomically write `data` to `path`; returns the path."""
+def write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = False) -> Path:
+    """Atomically write `data` to `path`; returns the path. `durable` also fsyncs the file and its folder, so the
+    new content survives a power cut once this returns (records a person typed in: operator decisions)."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+    if durable:
+        fd = os.open(Path(path).parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return Path(path)
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
+def write_text(path: str | os.PathLike[str], text: str, durable: bool = False) -> Path:
     """Atomically write UTF-8 `text` to `path`; returns the path."""
-    return write_bytes(path, text.encode("utf-8"))
+    return write_bytes(path, text.encode("utf-8"), durable)

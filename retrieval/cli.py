@@ -234,6 +234,82 @@ def policy_eval_cmd(data_dir: Path, image_encoder: str, text_encoder: str, views
                                           queries=queries, plot=plot), indent=1))
 
 
+@cli.command("review")
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder from build-index.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (must match the index).")
+@click.option("--image", "image", default=None, help="The image decided on: its file path or its path inside the indexed folder.")
+@click.option("--id", "row", type=int, default=None, help="The image decided on, by index row id (from --next or the JSON).")
+@click.option("--decision", type=click.Choice(["child", "none", "clear"]), default=None,
+              help="child: always withhold it; none: show it; clear: forget the decision.")
+@click.option("--operator", default=None, help="Who decides (default: $RETRIEVAL_OPERATOR or the login name).")
+@click.option("--list", "list_all", is_flag=True, help="Print every decision.")
+@click.option("--next", "next_n", type=int, default=None, help="Print the N unreviewed images most worth a look.")
+@click.option("--export", "export_file", type=click.Path(path_type=Path), default=None, help="Write all decisions to this JSON file.")
+@click.option("--import", "import_file", type=click.Path(path_type=Path), default=None, help="Merge decisions from a JSON export.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (--list, --next).")
+def review_cmd(index_dir: Path, model_dir: Path | None, image: str | None, row: int | None, decision: str | None,
+               operator: str | None, list_all: bool, next_n: int | None, export_file: Path | None,
+               import_file: Path | None, as_json: bool) -> None:
+    """Operator review: decide what an image shows, list decisions, get the next images to look at."""
+    import json
+
+    from retrieval import review
+    from retrieval.errors import InvalidQueryError
+    from retrieval.policy.review import ReviewStore
+
+    actions = [decision is not None, list_all, next_n is not None, export_file is not None, import_file is not None]
+    if sum(actions) != 1:
+        raise InvalidQueryError("give one action: --decision child|none|clear (with --image or --id), --list, "
+                                "--next N, --export FILE or --import FILE")
+    if decision is not None:
+        what, _d, r = review.decide(index_dir, decision, image=image, row=row, operator=operator, model_dir=model_dir)
+        click.echo(f"{what}: id {r} -> {decision}")
+    elif list_all:
+        rows = review.list_decisions(index_dir)
+        if as_json:
+            click.echo(json.dumps(rows, ensure_ascii=False, indent=1))
+        for d in [] if as_json else rows:
+            where = d["rel_path"] if d["rel_path"] is not None else f"(not in this index; was {d['rel_path_when_decided']})"
+            click.echo(f"{d['decision']:>5}  {d['time']}  {d['operator']:<16}  {where}")
+        if not as_json:
+            click.echo(f"{len(rows)} decisions")
+    elif next_n is not None:
+        rows = review.next_for_review(index_dir, next_n, model_dir)
+        if as_json:
+            click.echo(json.dumps(rows, ensure_ascii=False, indent=1))
+        for d in [] if as_json else rows:
+            state = "withheld" if d["withheld"] else "shown"
+            click.echo(f"id {d['id']:>6}  {state:<8}  P(child) {d['child_prob']:.2f}  {d['path']}")
+    elif export_file is not None:
+        click.echo(f"exported {ReviewStore(index_dir).export(export_file)} decisions to {export_file}")
+    else:
+        changed, read = ReviewStore(index_dir).import_file(import_file)  # type: ignore[arg-type]
+        click.echo(f"imported {changed} of {read} decisions (the rest were already here or older)")
+
+
+@cli.command("policy-refit")
+@click.option("--index", "index_dir", required=True, type=click.Path(path_type=Path), help="Index folder from build-index.")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (must match the index).")
+@click.option("--dry-run", is_flag=True, help="Report what would change; write nothing.")
+@click.option("--undo", is_flag=True, help="Drop the refit: back to the detector's own fusion and threshold.")
+@click.option("--operator", default=None, help="Who refits (default: $RETRIEVAL_OPERATOR or the login name).")
+def policy_refit_cmd(index_dir: Path, model_dir: Path | None, dry_run: bool, undo: bool, operator: str | None) -> None:
+    """Refit the image policy on the operator's decisions + training labels; re-score the index; report changes."""
+    import json
+
+    from retrieval import review
+
+    if undo:
+        click.echo("refit removed" if review.undo_refit(index_dir, operator) else "no refit to remove")
+        return
+    report = review.refit(index_dir, model_dir, dry_run=dry_run, operator=operator)
+    click.echo(json.dumps(report, indent=1))
+    click.echo(f"{'would change' if dry_run else 'changed'}: threshold {report['previous_threshold']:.3f} -> "
+               f"{report['threshold']:.3f}; withheld among unreviewed {report['unreviewed_withheld_before']} -> "
+               f"{report['unreviewed_withheld_after']} ({report['newly_shown']} newly shown, "
+               f"{report['newly_withheld']} newly withheld)", err=True)
+
+
 def main() -> None:
     cli()
 

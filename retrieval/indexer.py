@@ -19,6 +19,7 @@ import pandas as pd
 
 from index_store import FLAT_MAX, IndexStore, LoadedIndex
 from retrieval.embed_pipeline import EmbeddingCache, iter_embedded, sha256_file
+from retrieval.policy.review import REVIEW_DIR
 from retrieval.encoders.base import FloatArray, ImageEncoder
 from retrieval.errors import DatasetError, IndexNotFoundError, IndexOutdatedError
 from retrieval.fs import FileEntry, check_images_root, walk_images
@@ -163,7 +164,9 @@ def build_index(
             ann, ann_params = prev.index, {"index_type": prev.manifest.index_type, **prev.manifest.index_params}
             ann.hnsw.efConstruction = int(ann_params.get("efConstruction", ann.hnsw.efConstruction))
             ann.add(np.ascontiguousarray(vectors[len(plan.reuse_prev):], np.float32))
-        IndexStore.write(index_dir, vectors, meta, fields, index=ann, index_params=ann_params, flat_max=flat_max)
+        # the operator's decisions (keyed by content hash) outlive every rebuild
+        IndexStore.write(index_dir, vectors, meta, fields, index=ann, index_params=ann_params, flat_max=flat_max,
+                         carry=(REVIEW_DIR,))
     return BuildReport(
         index_dir=index_dir,
         count=len(meta),

@@ -15,6 +15,7 @@ import numpy as np
 
 from retrieval.errors import InvalidQueryError
 from retrieval.policy.apply import query_is_child
+from retrieval.policy.operator import IndexPolicy
 from retrieval.policy.types import Hit, RawResult
 
 SearchHit = Hit
@@ -51,16 +52,18 @@ def candidate_count(k: int, n: int) -> int:
 class Retriever:
     """Text -> ranked images with calibrated scores. Parts are passed in; `open` builds them."""
 
-    def __init__(self, text_encoder: Any, model: Any, store: Any) -> None:
+    def __init__(self, text_encoder: Any, model: Any, store: Any, policy: IndexPolicy | None = None) -> None:
+        """`policy` defaults to the index's own (detector verdicts, operator refit and decisions in its folder)."""
         self.text_encoder = text_encoder
         self.model = model
         self.store = store
         self.images_root = Path(store.manifest.images_root)
         self.stats = SearchStats()
-        names = store.meta["rel_path"].astype(str).tolist()
-        self._rel_paths = names
-        self._child_prob = store.meta["child_prob"].to_numpy(np.float64) if "child_prob" in store.meta else None
+        self._rel_paths = store.meta["rel_path"].astype(str).tolist()
         self._detection = store.meta["detection"].fillna("").tolist() if "detection" in store.meta else None
+        self.policy = policy if policy is not None else IndexPolicy(
+            store.folder, store.meta, getattr(model, "detector", None), model.config.model_id,
+            model.config.child_image_threshold)
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "Retriever":
@@ -112,6 +115,8 @@ class Retriever:
             return self._search(checks, k, min_score)
 
     def _search(self, checks: Sequence[QueryCheck], k: int, min_score: float) -> list[RawResult]:
+        self.policy.refresh()
+        threshold = self.policy.threshold
         clean = [c.text for c in checks]
         t0 = time.perf_counter()
         feats = self.text_encoder.encode(clean)
@@ -121,7 +126,7 @@ class Retriever:
         t2 = time.perf_counter()
         n_cand = candidate_count(k, self.store.count)
         if n_cand == 0:
-            return [RawResult(c.text, self._query_child(c.text, p), [], self.model.config.child_image_threshold) for c, p in zip(checks, child_p)]
+            return [RawResult(c.text, self._query_child(c.text, p), [], threshold) for c, p in zip(checks, child_p)]
         _, ids = self.store.search(z, n_cand)
         t3 = time.perf_counter()
         results = []
@@ -136,8 +141,7 @@ class Retriever:
                 if len(hits) == k or scores[i] < min_score:
                     break
                 hits.append(self._hit(len(hits) + 1, int(cand[i]), float(scores[i])))
-            results.append(RawResult(check.text, self._query_child(check.text, child_p[row]), hits,
-                                     self.model.config.child_image_threshold))
+            results.append(RawResult(check.text, self._query_child(check.text, child_p[row]), hits, threshold))
         t4 = time.perf_counter()
         self.stats.stages = {"encode_ms": (t1 - t0) * 1e3, "project_ms": (t2 - t1) * 1e3,
                              "ann_ms": (t3 - t2) * 1e3, "rerank_ms": (t4 - t3) * 1e3}
@@ -148,11 +152,22 @@ class Retriever:
 
     def hit(self, image_id: int, rank: int = 1, score: float = 0.0) -> Hit:
         """The policy-neutral hit for one index row (the server checks image fetches through the policy with it)."""
+        self.policy.refresh()
         return self._hit(rank, image_id, score)
+
+    def review_index(self) -> Any:
+        """This index as `retrieval.review` works on it (decisions and the queue share this retriever's policy)."""
+        from retrieval.review import OpenedIndex
+
+        return OpenedIndex(Path(self.store.folder), self.store, self.model, self.policy)
+
+    @property
+    def image_threshold(self) -> float:
+        return self.policy.threshold
 
     def _hit(self, rank: int, image_id: int, score: float) -> Hit:
         rel = self._rel_paths[image_id]
-        prob = None if self._child_prob is None or np.isnan(self._child_prob[image_id]) else float(self._child_prob[image_id])
         detection = self._detection[image_id] if self._detection is not None else ""
         return Hit(rank=rank, image=Path(rel).name, path=str(self.images_root / rel), score=score,
-                   child_prob=prob, image_id=image_id, detection=detection or None)
+                   child_prob=self.policy.child_prob(image_id), image_id=image_id, detection=detection or None,
+                   review=self.policy.review(image_id))

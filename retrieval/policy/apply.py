@@ -4,6 +4,9 @@
 Policies:
     strict (default): a child query -> restricted, no hits, disclaimer. A flagged image keeps its rank and score
         but its image and path become null and the hit carries the disclaimer.
+An operator's review outranks everything about an image (not the query): a human "child" always withholds, a human
+"none" shows; otherwise a forced flag, then the detector's probability against the threshold, decide.
+
     audit: nothing withheld (for reviewers); the restricted flags show what strict would withhold and each hit's
         `why` says why (the detector's probability, threshold, reason and face boxes); disclaimers are null
         because nothing is replaced.
@@ -11,6 +14,7 @@ Policies:
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -36,7 +40,10 @@ def query_is_child(query: str, text_prob: float | None = None, threshold: float 
 
 
 def hit_is_restricted(hit: Any, image_threshold: float = DEFAULT_IMAGE_THRESHOLD) -> bool:
-    """True when the hit is force-flagged or its image-probe probability reaches the threshold."""
+    """An operator's decision if there is one; else True when force-flagged or the probability reaches the threshold."""
+    review = getattr(hit, "review", None)
+    if review is not None:
+        return review.decision == "child"
     if getattr(hit, "flagged", None):
         return True
     prob = getattr(hit, "child_prob", None)
@@ -60,20 +67,35 @@ def _hit_json(hit: Any, rank: int, restricted: bool, withhold: bool) -> dict[str
 
 
 def explain_hit(hit: Any, image_threshold: float = DEFAULT_IMAGE_THRESHOLD) -> dict[str, Any]:
-    """Why a hit is (or is not) restricted: the detector's verdict, or the probability alone for older rows."""
+    """Why a hit is (or is not) restricted: the operator's decision (which outranks the rest), else the detector's
+    verdict, else the probability alone for rows without one."""
+    out = _detector_reason(hit, float(image_threshold))
+    review = getattr(hit, "review", None)
+    if review is not None:
+        said = "shows a child" if review.decision == "child" else "no child here"
+        out = {**out, "reason": f"operator {review.operator} decided {review.time[:10]}: {said} "
+                                f"(detector: {out['reason']})", "review": review.to_dict()}
+    return out
+
+
+def _detector_reason(hit: Any, threshold: float) -> dict[str, Any]:
     if getattr(hit, "flagged", None):
         return {"reason": "flagged (forced restricted)", "child_prob": getattr(hit, "child_prob", None),
-                "threshold": round(float(image_threshold), 4), "boxes": []}
+                "threshold": round(threshold, 4), "boxes": []}
     text = getattr(hit, "detection", None)
     if text:
         from retrieval.policy.detector import Detection
 
-        return Detection.from_json(text).explain(float(image_threshold))
+        found = Detection.from_json(text)
+        prob = getattr(hit, "child_prob", None)
+        if prob is not None and abs(float(prob) - found.prob) > 1e-6:  # re-scored by an operator refit
+            found = dataclasses.replace(found, prob=float(prob))
+        return found.explain(threshold)
     prob = getattr(hit, "child_prob", None)
     reason = ("not scored by a child detector" if prob is None else
-              f"child probability {float(prob):.2f} {'>=' if float(prob) >= image_threshold else '<'} "
-              f"threshold {float(image_threshold):.2f}")
-    return {"reason": reason, "child_prob": prob, "threshold": round(float(image_threshold), 4), "boxes": []}
+              f"child probability {float(prob):.2f} {'>=' if float(prob) >= threshold else '<'} "
+              f"threshold {threshold:.2f}")
+    return {"reason": reason, "child_prob": prob, "threshold": round(threshold, 4), "boxes": []}
 
 
 def apply_policy(result: RawResult | Any, policy: str = DEFAULT_POLICY) -> dict[str, Any]:

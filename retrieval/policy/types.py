@@ -5,7 +5,10 @@ Kept free of heavy imports so every output path (CLI, server, evaluate sheets, d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from retrieval.policy.review import Decision
 
 Policy = Literal["strict", "audit", "off"]
 POLICIES: tuple[str, ...] = ("strict", "audit", "off")
@@ -30,6 +33,7 @@ class Hit:
             mention a child); None/False leaves the decision to `child_prob >= RawResult.image_threshold`.
         detection: the child detector's JSON stored in the index (`policy.detector.Detection`); the audit view
             turns it into the reason and the face boxes.
+        review: an operator's decision about this image (`policy.review`); it outranks `flagged` and the detector.
     """
 
     rank: int
@@ -40,6 +44,7 @@ class Hit:
     image_id: int
     flagged: bool | None = None
     detection: str | None = None
+    review: "Decision | None" = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@
     GET /api/health        {"status", "count", "model_id", "policy"}
     GET /api/image/{id}    the original file of index row id (404 unknown id, 451 withheld by policy)
     GET /api/thumb/{id}    a cached JPEG thumbnail of it (same rules)
+  audit servers only (operator review, `retrieval.review`; 403 under strict/off):
+    POST /api/review       {"id", "decision": child|none|clear, "operator"} -> the hit as the policy now sees it
+    GET /api/review/queue  n (1..100) -> {"hits": [...]}: unreviewed images most worth a look, best first
 Every error is JSON {"error": "<one line naming the fix>"} with a 4xx/5xx status.
 """
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import mimetypes
+from dataclasses import replace
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,14 +30,19 @@ from retrieval import __version__
 from retrieval.errors import ImageDecodeError, InvalidQueryError, RetrievalError
 from retrieval.policy.apply import apply_policy, validate_policy
 from retrieval.server.batcher import SearchBatcher, ServerBusyError
-from retrieval.server.images import ImageNotFoundError, ImageService, ImageWithheldError
+from retrieval.policy.types import RawResult
+from retrieval.server.images import ImageNotFoundError, ImageService, ImageWithheldError, image_threshold
+
+
+class ReviewForbiddenError(RetrievalError):
+    """Review routes on a server that does not show flagged images (HTTP 403)."""
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: The only files /static serves (a fixed table: no client-given path ever reaches the file system).
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 MAX_K = 100
 MAX_QUERY_CHARS = 500
-_STATUS = {InvalidQueryError: 400, ImageNotFoundError: 404, ImageWithheldError: 451, ServerBusyError: 503,
+_STATUS = {ReviewForbiddenError: 403, InvalidQueryError: 400, ImageNotFoundError: 404, ImageWithheldError: 451, ServerBusyError: 503,
            ImageDecodeError: 500}
 _NO_STORE = {"Cache-Control": "no-store"}
 _IMAGE_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
@@ -77,10 +86,13 @@ def parse_search_params(q: str | None, k: str | None, min_score: str | None) -> 
 
 
 def public_result(raw: Any, policy: str) -> dict[str, Any]:
-    """`apply_policy(raw, policy)` plus url/thumb on each hit the policy left visible (withheld hits get none)."""
+    """`apply_policy(raw, policy)` plus url/thumb on each hit the policy left visible (withheld hits get none), and
+    under audit the row id (for the review buttons)."""
     out = apply_policy(raw, policy)
     if out["hits"]:
         for shown, hit in zip(out["hits"], raw.hits):
+            if policy == "audit":  # the operator's review buttons name the row
+                shown["id"] = int(hit.image_id)
             if shown["path"] is not None:
                 shown["url"] = f"/api/image/{int(hit.image_id)}"
                 shown["thumb"] = f"/api/thumb/{int(hit.image_id)}"
@@ -149,6 +161,54 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
         text, k_val, ms_val = parse_search_params(q, k, min_score)
         raw = await asyncio.wrap_future(batcher.submit(text, k_val, ms_val))
         return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
+
+    def _reviewable() -> Any:
+        if policy != "audit":
+            raise ReviewForbiddenError("operator review needs a server started with `retrieve serve --policy audit`")
+        lookup = getattr(retriever, "review_index", None)
+        if lookup is None:
+            raise ReviewForbiddenError("this server's index does not support operator review")
+        return lookup()
+
+    def _audit_hits(ids: list[int]) -> list[dict[str, Any]]:
+        hits = [replace(images.hit(i), rank=r + 1) for r, i in enumerate(ids)]
+        raw = RawResult(query="", query_child=False, hits=hits, image_threshold=image_threshold(retriever))
+        return public_result(raw, policy)["hits"]
+
+    @app.post("/api/review")
+    async def review(request: Request) -> JSONResponse:
+        from retrieval.review import decide_row
+
+        opened = _reviewable()
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise InvalidQueryError('send a JSON object {"id": N, "decision": "child"|"none"|"clear", "operator": "name"}')
+        raw_id = body.get("id")
+        if not isinstance(raw_id, int) or isinstance(raw_id, bool) or not 0 <= raw_id < int(retriever.store.count):
+            raise InvalidQueryError(f"id must be an index row 0..{int(retriever.store.count) - 1}; take it from a hit's url")
+        decision = body.get("decision")
+        if decision not in ("child", "none", "clear"):
+            raise InvalidQueryError("decision must be 'child', 'none' or 'clear'")
+        operator = body.get("operator")
+        what, _ = decide_row(opened, raw_id, decision, operator if isinstance(operator, str) else None)
+        return JSONResponse({"result": what, "hit": _audit_hits([raw_id])[0]}, headers=_NO_STORE)
+
+    @app.get("/api/review/queue")
+    def review_queue(n: str | None = None) -> JSONResponse:
+        from retrieval.review import next_for_review
+
+        opened = _reviewable()
+        try:
+            count = int(n) if n is not None else 20
+        except ValueError:
+            count = 0
+        if not 1 <= count <= MAX_K:
+            raise InvalidQueryError(f"n must be an integer in 1..{MAX_K}, got {str(n)[:20]!r}; pass e.g. n=20")
+        ids = [int(d["id"]) for d in next_for_review(opened.folder, count, opened=opened)]
+        return JSONResponse({"hits": _audit_hits(ids)}, headers=_NO_STORE)
 
     @app.get("/api/image/{image_id}")
     def image(image_id: str) -> FileResponse:

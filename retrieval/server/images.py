@@ -38,7 +38,11 @@ def hit_for_id(retriever: Any, image_id: int) -> Hit:
 
 
 def image_threshold(retriever: Any) -> float:
-    """The model's child-image threshold (the one search results carry): model attribute, else its config."""
+    """The child-image threshold search results carry: the retriever's (an operator refit moves it), else the
+    model's attribute or config."""
+    own = getattr(retriever, "image_threshold", None)
+    if isinstance(own, (int, float)):
+        return float(own)
     model = getattr(retriever, "model", None)
     for owner in (model, getattr(model, "config", None)):
         value = getattr(owner, "child_image_threshold", None)
@@ -76,6 +80,9 @@ class ImageService:
         self._lru: OrderedDict[tuple, bytes] = OrderedDict()
         self._lru_bytes = 0
         self._lock = threading.Lock()
+
+    def hit(self, image_id: int) -> Hit:
+        return hit_for_id(self.retriever, image_id)
 
     def path_of(self, raw_id: str) -> Path:
         """File of index row `raw_id` (a decimal string) if the policy lets it be shown; else 404 / 451 errors."""

@@ -51,8 +51,58 @@
       meta.appendChild(name);
       if (hit.why) meta.appendChild(el("div", "why", hit.why.reason));
     }
+    if (hit.why && hit.id !== undefined) meta.appendChild(decideControls(hit, c));
     c.appendChild(meta);
     return c;
+  }
+
+  // Audit view: the operator's decision buttons. A decision is stored in the index and outranks the detector.
+  function decideControls(hit, cardNode) {
+    const box = el("div", "decide-box");
+    if (hit.why.review) {
+      box.appendChild(el("div", "decided", "decided: " + (hit.why.review.decision === "child" ? "shows a child" : "no child") +
+                                            " (" + hit.why.review.operator + ")"));
+      box.appendChild(decideButton(hit, cardNode, "clear", "clear decision"));
+    } else {
+      box.appendChild(decideButton(hit, cardNode, hit.restricted ? "none" : "child",
+                                   hit.restricted ? "no child here" : "shows a child"));
+    }
+    return box;
+  }
+
+  function decideButton(hit, cardNode, decision, label) {
+    const b = el("button", "decide", label);
+    b.type = "button";
+    b.dataset.decision = decision;
+    b.addEventListener("click", async () => {
+      b.disabled = true;
+      const operator = $("operator").value.trim();
+      if (operator) localStorage.setItem("retrieval.operator", operator);
+      try {
+        const resp = await fetch("/api/review", { method: "POST", headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ id: hit.id, decision: decision, operator: operator || null }) });
+        const body = await resp.json();
+        if (!resp.ok) { show(errorBox, body.error || ("review failed: HTTP " + resp.status)); b.disabled = false; return; }
+        const fresh = Object.assign({}, body.hit, { rank: hit.rank, score: hit.score, id: hit.id });
+        const i = last.hits.findIndex((h) => h.id === hit.id);
+        if (i >= 0) last.hits[i] = fresh;
+        cardNode.replaceWith(card(fresh));
+      } catch (err) {
+        show(errorBox, "Cannot reach the server (" + err.message + ")"); b.disabled = false;
+      }
+    });
+    return b;
+  }
+
+  async function loadQueue() {
+    hide(errorBox);
+    const resp = await fetch("/api/review/queue?n=24");
+    const body = await resp.json();
+    if (!resp.ok) { show(errorBox, body.error || ("queue failed: HTTP " + resp.status)); return; }
+    last = { query: "review queue", restricted: false, disclaimer: null, hits: body.hits };
+    slider.value = 0;
+    render();
+    count.textContent = body.hits.length + " images most worth a look (unreviewed, near the threshold, varied)";
   }
 
   // Audit view: the detector's face boxes over the picture (image shown whole: object-fit contain, 4:3 frame).
@@ -137,7 +187,12 @@
 
   fetch("/api/health").then((r) => r.json()).then((h) => {
     $("health").textContent = h.count + " images indexed · model " + (h.model_id || "?") + " · policy " + h.policy;
-    if (h.policy === "audit") document.body.classList.add("audit");
+    if (h.policy === "audit") {
+      document.body.classList.add("audit");
+      $("review-bar").hidden = false;
+      $("operator").value = localStorage.getItem("retrieval.operator") || "";
+      $("queue").addEventListener("click", loadQueue);
+    }
   }).catch(() => { $("health").textContent = "server unreachable"; });
 
   const initial = new URLSearchParams(location.search).get("q");
