@@ -9,7 +9,8 @@ Folder layout (row i of every file is FAISS id i):
 meta is CSV because pyarrow is not a dependency; it is written with surrogateescape so any file name round-trips.
 
 Sidecar folders the caller names in `carry` (e.g. `reviews/`, the operator's decisions) are copied from the current
-folder into the new one at the swap, under `IndexStore.lock`, so a rebuild never drops them.
+folder into the new one at the swap, under `IndexStore.lock` (a sibling `.<name>.lock` file, left in place: deleting
+a lock file races with the next locker), so a rebuild never drops them.
 
 Write protocol: everything goes to a sibling `.<name>.tmp-<pid>` folder, each file and the folder are fsynced,
 then the folder is swapped in. On Linux the swap is one `renameat2(RENAME_EXCHANGE)`: atomic. Elsewhere it is

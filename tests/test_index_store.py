@@ -52,7 +52,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert loaded.index.ntotal == 200
     on_disk = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert on_disk["format_version"] == FORMAT_VERSION and on_disk["image_encoder_sha"] == "aa"
-    assert sorted(os.listdir(tmp_path)) == ["idx"]  # no temp folder left behind
+    assert sorted(os.listdir(tmp_path)) == [".idx.lock", "idx"]  # no temp folder left behind (the lock file stays: deleting one races)
 
 
 def test_flat_search_matches_numpy_bruteforce(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def test_failed_overwrite_keeps_previous_index(tmp_path: Path, monkeypatch: pyte
         IndexStore.write(tmp_path / "idx", new_vectors, new_meta, FIELDS)
     loaded = IndexStore.load(tmp_path / "idx")
     assert loaded.count == 30 and np.array_equal(np.asarray(loaded.vectors), old_vectors)
-    assert sorted(os.listdir(tmp_path)) == ["idx"]
+    assert sorted(os.listdir(tmp_path)) == [".idx.lock", "idx"]
 
 
 def test_overwrite_replaces_and_fallback_swap_also_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,7 +143,7 @@ def test_overwrite_replaces_and_fallback_swap_also_works(tmp_path: Path, monkeyp
     monkeypatch.setattr(store_mod, "_exchange", lambda a, b: False)  # rename-aside path (other OSes)
     IndexStore.write(tmp_path / "idx", v1, m1, FIELDS)
     assert IndexStore.load(tmp_path / "idx").count == 30
-    assert sorted(os.listdir(tmp_path)) == ["idx"]
+    assert sorted(os.listdir(tmp_path)) == [".idx.lock", "idx"]
 
 
 def test_crash_between_renames_is_readable_and_repaired(tmp_path: Path) -> None:
@@ -156,7 +156,7 @@ def test_crash_between_renames_is_readable_and_repaired(tmp_path: Path) -> None:
     v2, m2 = _data(n=40, seed=2)
     IndexStore.write(tmp_path / "idx", v2, m2, FIELDS)  # cleans up: aside restored then replaced, temp removed
     assert IndexStore.load(tmp_path / "idx").count == 40
-    assert sorted(os.listdir(tmp_path)) == ["idx"]
+    assert sorted(os.listdir(tmp_path)) == [".idx.lock", "idx"]
 
 
 def test_refuses_to_overwrite_a_folder_that_is_not_an_index(tmp_path: Path) -> None:
