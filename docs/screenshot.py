@@ -1,6 +1,7 @@
 """Screenshot of `retrieve serve` over a real index for the README (needs Debian's chromium + chromedriver).
 
-Usage: python docs/screenshot.py INDEX_DIR QUERY OUT.png [--policy audit] [--model M]
+Usage: python docs/screenshot.py INDEX_DIR QUERY OUT.png [--policy audit] [--model M] [--queue]
+--queue (audit only): press "Review queue" instead of searching (QUERY is ignored).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--policy", default="strict")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--queue", action="store_true")
     args = ap.parse_args()
 
     from selenium import webdriver
@@ -38,8 +40,13 @@ def main() -> None:
         drv = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=opts)
         try:
             drv.get(url + "/")
-            drv.find_element(By.ID, "q").send_keys(args.query, Keys.ENTER)
-            WebDriverWait(drv, 60).until(lambda d: d.execute_script("return document.body.dataset.state") == "done")
+            if args.queue:
+                WebDriverWait(drv, 30).until(lambda d: d.find_element(By.ID, "queue").is_displayed())
+                drv.find_element(By.ID, "queue").click()
+                WebDriverWait(drv, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .card"))
+            else:
+                drv.find_element(By.ID, "q").send_keys(args.query, Keys.ENTER)
+                WebDriverWait(drv, 60).until(lambda d: d.execute_script("return document.body.dataset.state") == "done")
             WebDriverWait(drv, 30).until(lambda d: d.execute_script(
                 "return [...document.querySelectorAll('#results img')].every(i => i.complete)"))
             drv.save_screenshot(str(Path(args.out)))

@@ -158,3 +158,31 @@ def test_search_page_end_to_end(driver, base_url: str) -> None:
     error = driver.find_element(By.ID, "error")
     assert error.is_displayed() and "k must be an integer in 1..100" in error.text
     assert not banner.is_displayed()
+
+
+def test_operator_review_in_the_audit_page(driver, fake_env: Path, tmp_path: Path) -> None:
+    """Audit page over a real index: the review queue loads, "no child here" / "shows a child" record a decision
+    (stored in the index, shown on the card), and the strict page then follows it."""
+    from selenium.webdriver.common.by import By
+
+    from retrieval.policy.review import ReviewStore
+    from retrieval.search import Retriever
+
+    index = tmp_path / "idx"
+    shutil.copytree(fake_env / "idx", index)
+    retriever = Retriever.open(index, fake_env / "model")
+    app = create_app(retriever, "audit", thumb_dir=tmp_path / "thumbs")
+    with background_server(app) as url:
+        driver.get(url + "/")
+        wait(driver, lambda d: d.find_element(By.ID, "review-bar").is_displayed())
+        driver.find_element(By.ID, "operator").send_keys("ana")
+        driver.find_element(By.ID, "queue").click()
+        wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .card button.decide"))
+        button = driver.find_elements(By.CSS_SELECTOR, "#results .card button.decide")[0]
+        decision = button.get_attribute("data-decision")
+        button.click()
+        wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#results .card .decided"))
+        assert "(ana)" in driver.find_element(By.CSS_SELECTOR, "#results .card .decided").text
+        screenshot(driver, "review_queue.png")
+    got = list(ReviewStore(index).decisions().values())
+    assert [(d.decision, d.operator) for d in got] == [(decision, "ana")]

@@ -129,7 +129,11 @@ def fit_refit(detector: ChildDetector, Z_rev: FloatArray, child_rev: npt.NDArray
     strata = y.astype(int) * 2 + source  # reviewed rows spread over the folds when there are enough of each kind
     if np.bincount(strata, minlength=4).min() < N_FOLDS:
         strata = y.astype(int)
-    for tr, va in StratifiedKFold(N_FOLDS, shuffle=True, random_state=seed).split(Z, strata):
+    n_splits = int(min(N_FOLDS, np.bincount(strata, minlength=2).min()))
+    if n_splits < 2:
+        raise RefitRefusedError("too few child or child-free images (training rows + decisions) to measure a refit's "
+                                "recall; record more decisions with `retrieve review`")
+    for tr, va in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(Z, strata):
         oof[va] = _fused(detector, _fit(Z[tr], y[tr], w[tr]), Z[va])
     threshold = threshold_for_recall(y, oof, target)
     rev = source == 1

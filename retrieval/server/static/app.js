@@ -35,15 +35,19 @@
     const meta = el("div", "meta");
     const row = el("div", "row");
     row.appendChild(el("span", "rank", "#" + hit.rank));
-    const level = hit.score >= 0.66 ? " high" : hit.score >= 0.33 ? " mid" : "";
-    const badge = el("span", "badge" + level, hit.score.toFixed(2));
-    badge.title = "calibrated relevance 0..1";
-    row.appendChild(badge);
+    if (typeof hit.score === "number") {
+      const level = hit.score >= 0.66 ? " high" : hit.score >= 0.33 ? " mid" : "";
+      const badge = el("span", "badge" + level, hit.score.toFixed(2));
+      badge.title = "calibrated relevance 0..1";
+      row.appendChild(badge);
+    }
     meta.appendChild(row);
-    const bar = el("div", "bar"), fill = el("span");
-    fill.style.width = Math.round(Math.max(0, Math.min(1, hit.score)) * 100) + "%";
-    bar.appendChild(fill);
-    meta.appendChild(bar);
+    if (typeof hit.score === "number") {
+      const bar = el("div", "bar"), fill = el("span");
+      fill.style.width = Math.round(Math.max(0, Math.min(1, hit.score)) * 100) + "%";
+      bar.appendChild(fill);
+      meta.appendChild(bar);
+    }
     if (hit.image) {
       const name = el("div", "name", hit.image);
       name.title = hit.image;
@@ -99,7 +103,9 @@
     const resp = await fetch("/api/review/queue?n=24");
     const body = await resp.json();
     if (!resp.ok) { show(errorBox, body.error || ("queue failed: HTTP " + resp.status)); return; }
-    last = { query: "review queue", restricted: false, disclaimer: null, hits: body.hits };
+    // queue hits answer no query: no relevance score to show
+    last = { query: "review queue", restricted: false, disclaimer: null,
+             hits: body.hits.map((h) => Object.assign({}, h, { score: null })) };
     slider.value = 0;
     render();
     count.textContent = body.hits.length + " images most worth a look (unreviewed, near the threshold, varied)";
