@@ -1,7 +1,7 @@
 """ANN choice benchmark: recall@10 vs exact, per-query latency and bytes/image for the index types considered.
 
 Usage: python benchmarks/bench_ann.py [--n 200000] [--dim 256]  -> prints and writes benchmarks/results/ann.json.
-Vectors: index_store.ann.synthetic_clustered (anisotropic, Zipf clusters); queries: synthetic_queries (text-like,
+Vectors: ann_data.synthetic_clustered (anisotropic, Zipf clusters); queries: synthetic_queries (text-like,
 off-manifold). Latency is single-query (one thread, queries one by one), median over queries after a warm-up.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index_store.ann import build_ann, synthetic_clustered, synthetic_queries
+from ann_data import synthetic_clustered, synthetic_queries
+from index_store.ann import build_ann
 
 
 def _latency_ms(index, queries: np.ndarray, k: int = 10) -> float:

@@ -6,7 +6,7 @@ Usage: PYTHONPATH=. python benchmarks/bench_build.py [--n 128] [--naive-n 32] [-
 - naive: for each file, PIL open -> preprocess -> embed a batch of one with the *reference* forward (the seed
   notebook's way), with torch's default threads and with 1 thread (ratios use the faster of the two); plus the
   same loop with the default (fast) backend.
-- build: `retrieval.indexer.build_index` (parallel decode threads, batches of 32, default backend, no embedding
+- build: `retrieval.index.indexer.build_index` (parallel decode threads, batches of 32, default backend, no embedding
   cache, a fresh index folder each run) for 1, 2 and 4 views per image.
 - forward: `embed_batch` alone on already-decoded items, batch 32 and 1, for each backend.
 - child detector (--detector-model, default the shipped light model, whose image head reads Lite0 features): the
@@ -98,7 +98,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from retrieval.indexer import build_index
+    from retrieval.index.indexer import build_index
 
     src = sorted(Path(args.images).glob("*.jpg"))[: args.n]
     if not src:
@@ -156,8 +156,8 @@ def main() -> None:
     for v in (int(x) for x in args.views.split(",")):
         variants[f"build_index {default.backend} views={v}"] = (build(encoder(v)), n)
     if args.detector_model != "none":
-        from retrieval.build import child_detector, load_model
-        from retrieval.imageio import load_image
+        from retrieval.index.build import child_detector, load_model
+        from retrieval.index.imageio import load_image
         from retrieval.policy.detector import DetectorRuntime
 
         model = load_model(args.detector_model)

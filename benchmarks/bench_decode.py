@@ -18,7 +18,7 @@ import numpy as np
 
 from retrieval.config import course_data_dir
 from retrieval.encoders import build_image_encoder
-from retrieval.imageio import load_image
+from retrieval.index.imageio import load_image
 
 _ENC = None
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_query.py --n 1000000 [--queries 200] [--json] [--model DIR] [--reuse]
 
-Index: the course images embedded with the model's image encoder (`retrieval.features.course_embeddings`) and
+Index: the course images embedded with the model's image encoder (`retrieval.learn.features.course_embeddings`) and
 projected with `model.project_images`, plus N - 1000 synthetic vectors drawn from a Gaussian mixture fitted to
 those projected vectors (spherical k-means clusters, per-cluster covariance shrunk towards the global one,
 samples re-normalised; NOT iid noise: see `synthetic_check` in the output for how close the fit is). It is built
@@ -114,7 +114,7 @@ def synthetic_check(real: np.ndarray, synth: np.ndarray, queries: np.ndarray, m:
 def course_vectors(model: Any) -> tuple[list[str], np.ndarray, np.ndarray, list[str], np.ndarray]:
     """(image names, raw image feats, projected image vectors, texts, raw text feats) of the course data."""
     from retrieval.config import course_data_dir
-    from retrieval.features import course_embeddings
+    from retrieval.learn.features import course_embeddings
 
     c = model.config
     emb = course_embeddings(course_data_dir(), c.image_encoder, c.text_encoder, tuple(c.image_views))
@@ -156,7 +156,7 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
     import faiss
 
     from index_store import IndexStore, build_ann
-    from retrieval.build import index_identity, load_model
+    from retrieval.index.build import index_identity, load_model
     from retrieval.config import cache_dir, course_data_dir
     from retrieval.encoders import build_text_encoder
     from retrieval.search import Retriever, candidate_count

@@ -1,7 +1,8 @@
 """`manifest.json`: what an index folder contains and what built it, so a reader can refuse what it cannot use.
 
-A reader refuses a newer `format_version` (IndexVersionError) and an index built with other encoders / heads than
-the model it is asked to serve (ModelMismatchError), both with the command that fixes it.
+A reader refuses a newer `format_version` (IndexVersionError), an older one (IndexOutdatedError) and an index built
+with other encoders / heads than the model it is asked to serve (IdentityMismatchError), each with the command that
+fixes it.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from retrieval.errors import IndexOutdatedError, IndexVersionError, ModelMismatchError
+from index_store.errors import IdentityMismatchError, IndexOutdatedError, IndexVersionError
 
 #: Bump when a reader of the previous version could misread a folder written by this one.
 FORMAT_VERSION = 2
@@ -27,15 +28,14 @@ def now_iso() -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries whose behaviour shapes the stored bytes (torch only if already imported)."""
+    """Versions of the libraries whose behaviour shapes the stored bytes (torch only if already imported); the
+    application adds its own through the manifest fields' `versions`."""
     import sys
 
     import faiss
     import numpy
 
-    from retrieval import __version__
-
-    out = {"retrieval": __version__, "faiss": faiss.__version__, "numpy": numpy.__version__}
+    out = {"faiss": faiss.__version__, "numpy": numpy.__version__}
     torch = sys.modules.get("torch")
     if torch is not None:
         out["torch"] = str(torch.__version__)
@@ -104,7 +104,7 @@ class Manifest:
 
 
 def check_expected(manifest: Manifest, expect: Mapping[str, Any] | None, folder: Path) -> None:
-    """ModelMismatchError if any key of `expect` (see IDENTITY_KEYS) differs from the manifest. Empty values skip."""
+    """IdentityMismatchError if any key of `expect` (see IDENTITY_KEYS) differs from the manifest. Empty values skip."""
     if not expect:
         return
     stored = manifest.to_dict()
@@ -113,7 +113,7 @@ def check_expected(manifest: Manifest, expect: Mapping[str, Any] | None, folder:
             continue
         have = stored.get(key)
         if have != wanted:
-            raise ModelMismatchError(
+            raise IdentityMismatchError(
                 f"index at {str(folder)!r} was built with {key}={_show(have)} but the model uses {key}={_show(wanted)}; "
                 f"rebuild with `retrieve build-index IMAGES --index {folder}`"
             )

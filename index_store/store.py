@@ -13,16 +13,11 @@ folder into the new one at the swap, under `IndexStore.lock` (a sibling `.<name>
 a lock file races with the next locker), so a rebuild never drops them.
 
 Write protocol: everything goes to a sibling `.<name>.tmp-<pid>` folder, each file and the folder are fsynced,
-then the folder is swapped in. On Linux the swap is one `renameat2(RENAME_EXCHANGE)`: atomic. Elsewhere it is
-rename-aside (`.<name>.old-<pid>`) then rename-in; `load` falls back to the aside copy if it runs in between,
-and the next write restores or deletes leftovers of a crashed writer.
+then the folder is swapped in (`index_store.atomic.swap_in`); `load` falls back to the aside copy a non-Linux swap
+leaves for a moment, and the next write restores or deletes leftovers of a crashed writer.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
-import glob
 import os
 import shutil
 from dataclasses import dataclass
@@ -34,8 +29,9 @@ import numpy.typing as npt
 import pandas as pd
 
 from index_store.ann import FLAT_MAX, apply_search_params, build_ann
+from index_store.atomic import aside_copy, clean_stale, flush, fsync_dir, fsync_file, swap_in, temp_sibling
 from index_store.manifest import MANIFEST_NAME, Manifest, check_expected, library_versions, now_iso
-from retrieval.errors import IndexNotFoundError, RetrievalError
+from index_store.errors import IndexNotFoundError, InvalidLocationError
 
 INDEX_NAME = "index.faiss"
 META_NAME = "meta.csv"
@@ -79,7 +75,7 @@ class IndexStore:
     @staticmethod
     def exists(folder: str | os.PathLike[str]) -> bool:
         folder = Path(folder)
-        return (folder / MANIFEST_NAME).is_file() or _aside_copy(folder) is not None
+        return (folder / MANIFEST_NAME).is_file() or aside_copy(folder) is not None
 
     @staticmethod
     def write(
@@ -134,26 +130,26 @@ class IndexStore:
 
         folder.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(folder)
-        tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+        tmp = temp_sibling(folder)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
         try:
             faiss.write_index(index, str(tmp / INDEX_NAME))
-            _fsync_file(tmp / INDEX_NAME)
+            fsync_file(tmp / INDEX_NAME)
             with open(tmp / VECTORS_NAME, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(vectors, dtype=vector_dtype))
-                _flush(fh)
+                flush(fh)
             cols = list(META_COLUMNS) + [c for c in meta.columns if c not in META_COLUMNS]
             with open(tmp / META_NAME, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
                 meta[cols].to_csv(fh, index=False)
-                _flush(fh)
+                flush(fh)
             manifest.write(tmp)
-            _fsync_file(tmp / MANIFEST_NAME)
+            fsync_file(tmp / MANIFEST_NAME)
             with IndexStore.lock(folder):
                 _carry_over(folder, tmp, carry)
-                _fsync_dir(tmp)
-                _swap_in(tmp, folder)
+                fsync_dir(tmp)
+                swap_in(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -173,11 +169,11 @@ class IndexStore:
     def load(
         folder: str | os.PathLike[str], expect: Mapping[str, Any] | None = None, mmap: bool = True
     ) -> LoadedIndex:
-        """Load a folder written by `write`. Raises IndexNotFoundError, IndexVersionError, ModelMismatchError."""
+        """Load a folder written by `write`. Raises IndexNotFoundError, IndexVersionError, IdentityMismatchError."""
         import faiss
 
         folder = Path(folder)
-        source = folder if (folder / MANIFEST_NAME).is_file() else _aside_copy(folder)
+        source = folder if (folder / MANIFEST_NAME).is_file() else aside_copy(folder)
         if source is None:
             raise _missing(folder)
         try:
@@ -206,6 +202,29 @@ class IndexStore:
         return LoadedIndex(folder=folder, index=index, meta=meta, vectors=vectors, manifest=manifest)
 
 
+@dataclass(frozen=True)
+class FolderBackend:
+    """`backend.IndexBackend` for one index folder (the default backend)."""
+
+    folder: Path
+
+    def exists(self) -> bool:
+        return IndexStore.exists(self.folder)
+
+    def load(self, expect: Mapping[str, Any] | None = None, mmap: bool = True) -> LoadedIndex:
+        return IndexStore.load(self.folder, expect=expect, mmap=mmap)
+
+    def write(self, vectors: npt.NDArray[Any], meta: pd.DataFrame, manifest_fields: Mapping[str, Any],
+              index: Any = None, index_params: Mapping[str, Any] | None = None, flat_max: int | None = None,
+              vector_dtype: str = "float32", carry: Sequence[str] = ()) -> Manifest:
+        return IndexStore.write(self.folder, vectors, meta, manifest_fields, index=index, index_params=index_params,
+                                flat_max=FLAT_MAX if flat_max is None else flat_max, vector_dtype=vector_dtype,
+                                carry=carry)
+
+    def lock(self, timeout: float = 60.0) -> Any:
+        return IndexStore.lock(self.folder, timeout)
+
+
 def read_meta(path: Path) -> pd.DataFrame:
     """meta.csv with exact dtypes: names like "NA" or "123" stay strings; an empty child_prob is NaN."""
     return pd.read_csv(
@@ -218,21 +237,6 @@ def read_meta(path: Path) -> pd.DataFrame:
     )
 
 
-def clean_stale(folder: str | os.PathLike[str]) -> None:
-    """Remove temp folders of dead writers; put back an aside copy if a writer died between its two renames."""
-    folder = Path(folder)
-    if not folder.parent.is_dir():
-        return
-    for path in folder.parent.glob(f".{glob.escape(folder.name)}.*-*"):
-        kind, _, pid = path.name[len(folder.name) + 2 :].rpartition("-")
-        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
-            continue
-        if kind == "old" and not folder.exists() and (path / MANIFEST_NAME).is_file():
-            os.replace(path, folder)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def _carry_over(folder: Path, tmp: Path, names: Sequence[str]) -> None:
     """Copy each sidecar entry of the current folder into the new one (files fsynced)."""
     for name in names:
@@ -243,11 +247,11 @@ def _carry_over(folder: Path, tmp: Path, names: Sequence[str]) -> None:
             shutil.copytree(src, tmp / name)
             for path in (tmp / name).rglob("*"):
                 if path.is_file():
-                    _fsync_file(path)
-            _fsync_dir(tmp / name)
+                    fsync_file(path)
+            fsync_dir(tmp / name)
         else:
             shutil.copy2(src, tmp / name)
-            _fsync_file(tmp / name)
+            fsync_file(tmp / name)
 
 
 def _target(folder: str | os.PathLike[str]) -> Path:
@@ -256,91 +260,9 @@ def _target(folder: str | os.PathLike[str]) -> Path:
         path = path.resolve()
     if path.exists():
         if not path.is_dir():
-            raise RetrievalError(f"--index {str(path)!r} is a file; pass a folder path for the index")
+            raise InvalidLocationError(f"--index {str(path)!r} is a file; pass a folder path for the index")
         if any(path.iterdir()) and not (path / MANIFEST_NAME).is_file():
-            raise RetrievalError(
+            raise InvalidLocationError(
                 f"--index {str(path)!r} is a non-empty folder without {MANIFEST_NAME}; pass a new or empty folder"
             )
     return path
-
-
-def _aside_copy(folder: Path) -> Path | None:
-    """A complete `.name.old-<pid>` left while a writer is between its renames (non-Linux fallback only)."""
-    if folder.exists() or not folder.parent.is_dir():
-        return None
-    copies = sorted(p for p in folder.parent.glob(f".{glob.escape(folder.name)}.old-*") if (p / MANIFEST_NAME).is_file())
-    return copies[-1] if copies else None
-
-
-def _swap_in(tmp: Path, folder: Path) -> None:
-    if not os.path.lexists(folder):
-        os.rename(tmp, folder)
-    elif _exchange(tmp, folder):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the previous index
-    else:
-        aside = folder.parent / f".{folder.name}.old-{os.getpid()}"
-        os.rename(folder, aside)
-        os.rename(tmp, folder)
-        shutil.rmtree(aside, ignore_errors=True)
-    _fsync_dir(folder.parent)
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with Linux renameat2(RENAME_EXCHANGE). False if unsupported here."""
-    if not hasattr(os, "uname") or os.uname().sysname != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    res = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if res == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _flush(fh: Any) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -1,6 +1,6 @@
 """`retrieve` command line: parses options, calls one library function per command, formats output.
 
-No pipeline logic lives here. Library errors (retrieval.errors.RetrievalError) become a one-line message on
+No pipeline logic lives here. Library errors (retrieval.errors.USER_ERRORS) become a one-line message on
 stderr and a non-zero exit code.
 """
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 import click
 
 from retrieval import __version__
-from retrieval.errors import RetrievalError
+from retrieval.errors import USER_ERRORS
 
 
 def run_guarded(fn):
-    """Run `fn()`; a RetrievalError becomes `error: <message>` on stderr and its exit code (no traceback)."""
+    """Run `fn()`; a user error (`USER_ERRORS`) becomes `error: <message>` on stderr and its exit code."""
     try:
         return fn()
-    except RetrievalError as err:
+    except USER_ERRORS as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
 
@@ -48,7 +48,7 @@ def cli() -> None:
               help="Add the child-content probe section (precision-recall plot); needs the encoders.")
 def report_cmd(data_dir: Path, out_dir: Path, policy: bool) -> None:
     """Write an EDA report of the course data; prints the path of index.html."""
-    from retrieval.report import write_report
+    from retrieval.reports.eda import write_report
 
     click.echo(str(write_report(data_dir, out_dir, policy=policy)))
 
@@ -66,7 +66,7 @@ def report_cmd(data_dir: Path, out_dir: Path, policy: bool) -> None:
 def build_index_cmd(images_dir: Path, index_dir: Path, model_dir: Path | None, workers: int | None,
                     batch_size: int, max_megapixels: float, image_weights: Path | None, quiet: bool) -> None:
     """Embed the images under IMAGES_DIR (recursively) into INDEX_DIR; re-runs are incremental."""
-    from retrieval.build import build_index_with_model
+    from retrieval.index.build import build_index_with_model
 
     report = build_index_with_model(images_dir, index_dir, model_dir, workers=workers, batch_size=batch_size,
                                     max_megapixels=max_megapixels, progress=not quiet, image_weights=image_weights)
@@ -156,7 +156,7 @@ def serve_cmd(index_dir: Path, model_dir: Path | None, host: str, port: int, pol
 @click.option("--policy", type=click.Choice(["strict", "audit", "off"]), default="strict", show_default=True)
 def evaluate_cmd(data_dir: Path, model_dir: Path | None, out_dir: Path, policy: str) -> None:
     """R@1/5/10, MRR, median rank (projection vs reranked), Kendall tau vs grades; writes metrics.json + a sheet."""
-    from retrieval.evaluate import evaluate, metrics_table
+    from retrieval.reports.evaluate import evaluate, metrics_table
 
     metrics = evaluate(data_dir, model_dir, out_dir, policy=policy)
     click.echo(metrics_table(metrics).round(3).to_string())
@@ -180,7 +180,7 @@ def train_cmd(data_dir: Path, out_dir: Path, no_extra_captions: bool, seed: int,
     """Train the projection, reranker and child probes; prints K-fold validation metrics."""
     import json
 
-    from retrieval.train import train_model
+    from retrieval.learn.train import train_model
 
     kwargs = {k: v for k, v in (("image_encoder", image_encoder), ("text_encoder", text_encoder)) if v}
     metrics = train_model(data_dir, out_dir, extra_captions=not no_extra_captions, seed=seed,
@@ -197,7 +197,7 @@ def train_cmd(data_dir: Path, out_dir: Path, no_extra_captions: bool, seed: int,
 def score_cmd(image: Path | None, text: str | None, model_dir: Path | None, pairs_file: Path | None,
               out_file: Path | None) -> None:
     """Calibrated 0-1 relevance of IMAGE and TEXT, or of every row of --pairs (written to --out)."""
-    from retrieval.build import load_model
+    from retrieval.index.build import load_model
     from retrieval.errors import InvalidQueryError
     from retrieval.scoring import read_pairs, score_one, score_pairs, write_scores
 

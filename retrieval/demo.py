@@ -62,8 +62,8 @@ def _print(results: list[dict]) -> None:
 
 def run_samples(out: Path, k: int = 3) -> Path:
     """Index the sample photos, then show each query twice: as a user under `strict` sees it, and the `audit` view."""
-    from retrieval.build import build_index_with_model
-    from retrieval.html import results_page
+    from retrieval.index.build import build_index_with_model
+    from retrieval.reports.html import results_page
     from retrieval.policy.apply import apply_policy
     from retrieval.search import Retriever
 
@@ -92,14 +92,14 @@ def run_samples(out: Path, k: int = 3) -> Path:
 
 
 def run_course(data: Path, out: Path) -> None:
-    from retrieval.report import write_report
-    from retrieval.train import train_model
+    from retrieval.reports.eda import write_report
+    from retrieval.learn.train import train_model
 
     model_dir = out / "model"
     metrics = train_model(data, model_dir)
     click.echo(json.dumps(metrics, indent=2, default=str))
     if (data / "test_queries.csv").is_file():
-        from retrieval.evaluate import evaluate
+        from retrieval.reports.evaluate import evaluate
 
         result = evaluate(data, model_dir=model_dir, out_dir=out / "evaluate")
         click.echo(json.dumps(result, indent=2, default=str))

@@ -1,8 +1,17 @@
 """The few named errors the core raises. Each message is one line that names the bad value and the fix.
 
-The core never prints or exits on failure; the CLI and the server map these to a message and an exit code / 4xx.
+The core never prints or exits on failure; the CLI and the server map `USER_ERRORS` (these and the index store's,
+re-exported here) to a message and an exit code / HTTP status.
 """
 from __future__ import annotations
+
+from index_store.errors import (IdentityMismatchError, IndexNotFoundError, IndexOutdatedError, IndexStoreError,
+                                IndexVersionError, InvalidLocationError)
+
+__all__ = ["RetrievalError", "DatasetError", "EncoderUnavailableError", "ModelNotFoundError", "ModelMismatchError",
+           "InvalidQueryError", "ImageDecodeError", "DetectorUnavailableError", "IndexStoreError",
+           "IndexNotFoundError", "IndexVersionError", "IndexOutdatedError", "IdentityMismatchError",
+           "InvalidLocationError", "USER_ERRORS"]
 
 
 class RetrievalError(Exception):
@@ -27,18 +36,6 @@ class ModelMismatchError(RetrievalError):
     """A model folder or index was built with other encoders / heads than the ones asked for."""
 
 
-class IndexNotFoundError(RetrievalError):
-    """No index folder where one was expected."""
-
-
-class IndexVersionError(RetrievalError):
-    """The index folder was written by a newer format than this version can read."""
-
-
-class IndexOutdatedError(IndexVersionError):
-    """The index folder was written by an older format (before the child detector): it must be rebuilt."""
-
-
 class InvalidQueryError(RetrievalError):
     """Empty query, bad k, or similar user input."""
 
@@ -51,3 +48,7 @@ class ImageDecodeError(RetrievalError):
 
 class DetectorUnavailableError(RetrievalError):
     """A component of the child detector (face finder, crop encoder, heads) cannot be loaded: builds stop."""
+
+
+#: What the edge (CLI, server) reports as a one-line message instead of a traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (RetrievalError, IndexStoreError)

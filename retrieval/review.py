@@ -28,12 +28,12 @@ class OpenedIndex:
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "OpenedIndex":
-        from index_store import IndexStore
+        from index_store import backend_for
 
-        from retrieval.build import index_identity, load_model
+        from retrieval.index.build import index_identity, load_model
 
         model = load_model(model_dir)
-        store = IndexStore.load(Path(index_dir), expect=index_identity(model))
+        store = backend_for(Path(index_dir)).load(expect=index_identity(model))
         return cls(Path(index_dir), store, model, policy_for(Path(index_dir), store, model))
 
     def rel_path(self, row: int) -> str:
@@ -65,7 +65,7 @@ def find_row(opened: OpenedIndex, image: str | os.PathLike[str] | None = None, r
         if len(hit):
             return int(hit[0])
     if path.is_file():
-        from retrieval.embed_pipeline import sha256_file
+        from retrieval.index.embed import sha256_file
 
         rows = opened.policy.rows_of(sha256_file(path))
         if rows:
@@ -105,9 +105,9 @@ def decide_row(opened: OpenedIndex, row: int, decision: str, operator: str | Non
 
 def list_decisions(index_dir: str | Path) -> list[dict[str, Any]]:
     """Every decision with where the image is in the index now (None when it is not in this index)."""
-    from index_store import IndexStore
+    from index_store import backend_for
 
-    store = IndexStore.load(Path(index_dir))
+    store = backend_for(Path(index_dir)).load()
     where: dict[str, tuple[int, str]] = {}
     for i, (sha, rel) in enumerate(zip(store.meta["sha256"].astype(str), store.meta["rel_path"].astype(str))):
         where.setdefault(sha, (i, rel))
@@ -176,9 +176,9 @@ def refit(index_dir: str | Path, model_dir: str | Path | None = None, dry_run: b
     if not dry_run:
         from dataclasses import replace
 
-        from index_store import IndexStore
+        from index_store import backend_for
 
-        with IndexStore.lock(opened.folder):
+        with backend_for(opened.folder).lock():
             replace(new, report=report).save(opened.folder)
         pol.reviews.append_log({"event": "refit", "time": new.created, "operator": new.operator, **report})
     return report
@@ -186,14 +186,14 @@ def refit(index_dir: str | Path, model_dir: str | Path | None = None, dry_run: b
 
 def undo_refit(index_dir: str | Path, operator: str | None = None) -> bool:
     """Remove the refit (back to the detector's own fusion and threshold); logged. False when there was none."""
-    from index_store import IndexStore
+    from index_store import backend_for
 
     from retrieval.policy.refit import REFIT_FILE
     from retrieval.policy.review import REVIEW_DIR
 
     path = Path(index_dir) / REVIEW_DIR / REFIT_FILE
     store = ReviewStore(index_dir)
-    with IndexStore.lock(index_dir):
+    with backend_for(index_dir).lock():
         if not path.is_file():
             return False
         path.unlink()

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from retrieval.errors import DatasetError, ImageDecodeError, InvalidQueryError
-from retrieval.model import RetrievalModel
+from retrieval.learn.model import RetrievalModel
 
 
 def _encoders(model: RetrievalModel) -> tuple[Any, Any]:
@@ -27,7 +27,7 @@ def _encoders(model: RetrievalModel) -> tuple[Any, Any]:
 
 def _load(path: Path) -> Any:
     try:
-        from retrieval.imageio import load_image
+        from retrieval.index.imageio import load_image
     except ImportError:  # pragma: no cover - imageio ships with the package
         from PIL import Image, ImageOps
 

@@ -68,13 +68,13 @@ class Retriever:
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "Retriever":
         """Open an index folder with the model it was built with (or `model_dir`, which must match it)."""
-        from index_store import IndexStore
+        from index_store import backend_for
 
-        from retrieval.build import index_identity, load_model
+        from retrieval.index.build import index_identity, load_model
         from retrieval.encoders import build_text_encoder
 
         model = load_model(model_dir)
-        store = IndexStore.load(Path(index_dir), expect=index_identity(model))
+        store = backend_for(Path(index_dir)).load(expect=index_identity(model))
         text_encoder = build_text_encoder(model.config.text_encoder)
         return cls(text_encoder, model, store)
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from index_store.ann import SINGLE_THREAD_MAX_QUERIES, build_ann, search, synthetic_clustered, synthetic_queries
+from benchmarks.ann_data import synthetic_clustered, synthetic_queries
+from index_store.ann import SINGLE_THREAD_MAX_QUERIES, build_ann, search
 
 
 def test_search_matches_faiss_and_numpy_and_restores_threads() -> None:

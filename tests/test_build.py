@@ -1,4 +1,4 @@
-"""retrieval.indexer.build_index + embed pipeline with fake encoders: incremental, junk-tolerant, kill-safe."""
+"""retrieval.index.indexer.build_index + embed pipeline with fake encoders: incremental, junk-tolerant, kill-safe."""
 from __future__ import annotations
 
 import os
@@ -15,12 +15,12 @@ from PIL import Image
 
 from index_store import IndexStore
 from retrieval.config import REPO_ROOT
-from retrieval.embed_pipeline import EmbeddingCache, embed_files
+from retrieval.index.embed import EmbeddingCache, embed_files
 from retrieval.encoders.fake import FakeImageEncoder
 from retrieval.errors import DatasetError
-from retrieval.fs import walk_images
-from retrieval.imageio import load_image
-from retrieval.indexer import build_index
+from retrieval.index.fs import walk_images
+from retrieval.index.imageio import load_image
+from retrieval.index.indexer import build_index
 from retrieval.policy.detector import Detection, PersonBox
 from tests.test_imageio import BAD, GOOD, make_junk_folder
 
@@ -207,9 +207,9 @@ HELPER = textwrap.dedent(
     """
     import os, sys, time
     import numpy as np
-    from retrieval.embed_pipeline import EmbeddingCache
+    from retrieval.index.embed import EmbeddingCache
     from retrieval.encoders.fake import FakeImageEncoder
-    from retrieval.indexer import build_index
+    from retrieval.index.indexer import build_index
 
     class SlowFake(FakeImageEncoder):
         def embed_batch(self, items):

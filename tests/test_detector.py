@@ -172,7 +172,7 @@ def _odd_images() -> dict[str, Image.Image]:
 
     buf = BytesIO()
     exif.save(buf, format="JPEG", exif=ex)
-    from retrieval.imageio import decode_image
+    from retrieval.index.imageio import decode_image
 
     return {
         "1x1": Image.new("RGB", (1, 1), "white"),
@@ -200,7 +200,7 @@ def test_real_face_finder_handles_odd_images() -> None:
 
 @pytest.mark.slow
 def test_shipped_detector_gives_a_probability_for_every_odd_image() -> None:
-    from retrieval.build import load_model
+    from retrieval.index.build import load_model
 
     model = load_model("default")
     runtime = DetectorRuntime(model.detector)

@@ -260,8 +260,8 @@ def test_training_features_equal_the_live_default_encoder() -> None:
     give the same vectors (views averaged per part, parts normalised and weighted alike)."""
     from retrieval.config import course_data_dir
     from retrieval.encoders import build_image_encoder
-    from retrieval.features import _decode, combine_image_features
-    from retrieval.train import DEFAULT_IMAGE_ENCODER, DEFAULT_VIEWS
+    from retrieval.learn.features import _decode, combine_image_features
+    from retrieval.learn.train import DEFAULT_IMAGE_ENCODER, DEFAULT_VIEWS
 
     folder = course_data_dir() / "train_images"
     if not folder.is_dir():

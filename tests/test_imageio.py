@@ -1,4 +1,4 @@
-"""retrieval.imageio and retrieval.fs on a generated folder of good, odd and broken files."""
+"""retrieval.index.imageio and retrieval.index.fs on a generated folder of good, odd and broken files."""
 from __future__ import annotations
 
 import io
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from retrieval.errors import DatasetError, ImageDecodeError
-from retrieval.fs import walk_images
-from retrieval.imageio import IMAGE_EXTENSIONS, is_image_path, load_image
+from retrieval.index.fs import walk_images
+from retrieval.index.imageio import IMAGE_EXTENSIONS, is_image_path, load_image
 
 #: Decodable files written by make_junk_folder.
 GOOD = {

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import index_store.atomic as atomic_mod
 import index_store.store as store_mod
-from index_store import FORMAT_VERSION, IndexStore, build_ann, recall_at_k
-from index_store.ann import synthetic_clustered, synthetic_queries
-from retrieval.errors import IndexNotFoundError, IndexVersionError, ModelMismatchError, RetrievalError
+from benchmarks.ann_data import recall_at_k, synthetic_clustered, synthetic_queries
+from index_store import FORMAT_VERSION, IndexStore, build_ann
+from index_store.errors import IdentityMismatchError, IndexNotFoundError, IndexVersionError, InvalidLocationError
 
 FIELDS = {"image_encoder": "fake-image", "image_encoder_sha": "aa", "text_encoder": "fake-text",
           "text_encoder_sha": "bb", "model_id": "heads-1", "images_root": "/photos"}
@@ -48,7 +49,7 @@ def test_round_trip(tmp_path: Path) -> None:
     m = loaded.manifest
     assert (m.format_version, m.count, m.dim, m.metric, m.index_type) == (FORMAT_VERSION, 200, 32, "ip", "flat")
     assert (m.image_encoder, m.text_encoder, m.model_id, m.images_root) == ("fake-image", "fake-text", "heads-1", "/photos")
-    assert {"faiss", "numpy", "retrieval"} <= set(m.versions) and m.created and m.updated
+    assert {"faiss", "numpy"} <= set(m.versions) and m.created and m.updated
     assert loaded.index.ntotal == 200
     on_disk = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert on_disk["format_version"] == FORMAT_VERSION and on_disk["image_encoder_sha"] == "aa"
@@ -106,7 +107,7 @@ def test_refuses_newer_format_version(tmp_path: Path) -> None:
 def test_refuses_other_encoders_or_heads(tmp_path: Path, key: str) -> None:
     vectors, meta = _data(n=20)
     IndexStore.write(tmp_path / "idx", vectors, meta, FIELDS)
-    with pytest.raises(ModelMismatchError, match=rf"{key}=.*but the model uses {key}=.*rebuild with `retrieve build-index"):
+    with pytest.raises(IdentityMismatchError, match=rf"{key}=.*but the model uses {key}=.*rebuild with `retrieve build-index"):
         IndexStore.load(tmp_path / "idx", expect={**FIELDS, key: "something-else"})
 
 
@@ -125,7 +126,7 @@ def test_failed_overwrite_keeps_previous_index(tmp_path: Path, monkeypatch: pyte
     def boom(*_a, **_k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(store_mod, "_swap_in", boom)
+    monkeypatch.setattr(store_mod, "swap_in", boom)
     new_vectors, new_meta = _data(n=40, seed=2)
     with pytest.raises(OSError, match="disk full"):
         IndexStore.write(tmp_path / "idx", new_vectors, new_meta, FIELDS)
@@ -140,7 +141,7 @@ def test_overwrite_replaces_and_fallback_swap_also_works(tmp_path: Path, monkeyp
     IndexStore.write(tmp_path / "idx", v1, m1, FIELDS)
     IndexStore.write(tmp_path / "idx", v2, m2, FIELDS)  # renameat2 exchange on Linux
     assert IndexStore.load(tmp_path / "idx").count == 40
-    monkeypatch.setattr(store_mod, "_exchange", lambda a, b: False)  # rename-aside path (other OSes)
+    monkeypatch.setattr(atomic_mod, "_exchange", lambda a, b: False)  # rename-aside path (other OSes)
     IndexStore.write(tmp_path / "idx", v1, m1, FIELDS)
     assert IndexStore.load(tmp_path / "idx").count == 30
     assert sorted(os.listdir(tmp_path)) == [".idx.lock", "idx"]
@@ -163,7 +164,7 @@ def test_refuses_to_overwrite_a_folder_that_is_not_an_index(tmp_path: Path) -> N
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "holiday.jpg").write_bytes(b"x")
     vectors, meta = _data(n=10)
-    with pytest.raises(RetrievalError, match="non-empty folder without manifest.json"):
+    with pytest.raises(InvalidLocationError, match="non-empty folder without manifest.json"):
         IndexStore.write(tmp_path / "photos", vectors, meta, FIELDS)
     assert (tmp_path / "photos" / "holiday.jpg").exists()
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from retrieval.errors import ModelMismatchError
-from retrieval.model import ModelConfig, RetrievalModel
-from retrieval.projection import LinearProjection
-from retrieval.reranker import Calibration, Reranker, build_memory
+from retrieval.learn.model import ModelConfig, RetrievalModel
+from retrieval.learn.projection import LinearProjection
+from retrieval.learn.reranker import Calibration, Reranker, build_memory
 
 
 def _model(seed: int = 0) -> RetrievalModel:
@@ -80,7 +80,7 @@ def test_tampered_weights_and_newer_format_are_refused(tmp_path):
 
 def test_loading_does_not_import_torch(tmp_path):
     _model().save(tmp_path / "m")
-    code = ("import sys, numpy as np; from retrieval.model import RetrievalModel; "
+    code = ("import sys, numpy as np; from retrieval.learn.model import RetrievalModel; "
             f"m = RetrievalModel.load({str(tmp_path / 'm')!r}); m.score(m.project_images(np.ones((1, 12))), "
             "m.project_texts(np.ones((1, 10)))); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -6,7 +6,6 @@ the names and paths of the images the probe flags.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,7 +65,7 @@ def _evaluate(env: Path, tmp: Path) -> str:
 
 
 def _demo_page(env: Path, tmp: Path) -> str:
-    from retrieval.html import results_page
+    from retrieval.reports.html import results_page
 
     retriever = Retriever.open(env / "idx", env / "model")
     results = [policy_apply.apply_policy(r, "strict") for r in retriever.search_many(["a person outdoors"], k=6)]
@@ -115,7 +114,7 @@ def test_web_image_fetch_of_withheld_image_is_refused(fake_env, withheld, spy, t
 def test_every_result_emitting_module_imports_the_choke_point():
     """A new output path must be added above: modules that format results all call apply_policy."""
     root = Path(__file__).resolve().parents[1] / "retrieval"
-    emitting = {"cli.py", "demo.py", "evaluate.py", "server/app.py", "server/images.py"}
+    emitting = {"cli.py", "demo.py", "reports/evaluate.py", "server/app.py", "server/images.py"}
     for rel in emitting:
         assert "apply_policy" in (root / rel).read_text(encoding="utf-8"), rel
     for path in root.rglob("*.py"):

@@ -65,7 +65,7 @@ def test_text_probe_and_lexicon_on_held_out_queries(course: Path) -> None:
 
 @pytest.mark.slow
 def test_fit_policy_probes_round_trips_through_tensors(course: Path) -> None:
-    from retrieval.features import course_embeddings
+    from retrieval.learn.features import course_embeddings
     from retrieval.policy.classifiers import LinearProbe
     from retrieval.policy.train import course_captions, fit_policy_probes
 

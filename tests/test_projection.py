@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.projection import LinearProjection, Pairs, fit_cca, fit_ridge
-from retrieval.validation import retrieval_metrics
+from retrieval.learn.projection import LinearProjection, Pairs, fit_cca, fit_ridge
+from retrieval.learn.validation import retrieval_metrics
 
 
 def _synthetic(n_img: int = 120, caps: int = 3, seed: int = 0):
@@ -47,7 +47,7 @@ def test_tensor_round_trip_gives_identical_outputs():
 def test_thin_whitening_gives_the_same_projection_when_features_outnumber_images(fit, monkeypatch):
     """Fewer training images than image dimensions (the default model: 1,000 vs 5,120): the thin-SVD whitener keeps
     only the spanned directions, and held-out images and texts must still get the same similarities."""
-    import retrieval.projection as projection
+    import retrieval.learn.projection as projection
 
     rng = np.random.default_rng(3)
     img, txt, owner = _synthetic(n_img=120, seed=3)

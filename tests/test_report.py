@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from retrieval.cli import cli
 from retrieval.config import course_data_dir
 from retrieval.errors import DatasetError
-from retrieval.report import write_report
+from retrieval.reports.eda import write_report
 
 FIXTURE = Path(__file__).parent / "fixtures" / "course_tiny"
 

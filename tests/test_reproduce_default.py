@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from retrieval.config import DEFAULT_MODEL_DIR, course_data_dir
-from retrieval.model import RetrievalModel
+from retrieval.learn.model import RetrievalModel
 
 from tests.conftest import run_cli
 

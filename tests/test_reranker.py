@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.reranker import (Calibration, Reranker, brier, ece, fit_calibration, fit_logistic, logit_grid,
+from retrieval.learn.reranker import (Calibration, Reranker, brier, ece, fit_calibration, fit_logistic, logit_grid,
                                 pair_features)
 
 
@@ -46,7 +46,7 @@ def test_brier_and_ece_of_perfect_predictions_are_zero():
 
 
 def test_caption_memory_pseudo_caption_is_the_neighbours_caption_mean():
-    from retrieval.reranker import build_memory
+    from retrieval.learn.reranker import build_memory
 
     img = np.eye(3, dtype=np.float32)
     caps = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], np.float32)
@@ -58,7 +58,7 @@ def test_caption_memory_pseudo_caption_is_the_neighbours_caption_mean():
 
 
 def test_reliability_plot_is_written(tmp_path):
-    from retrieval.reranker import plot_reliability
+    from retrieval.learn.reranker import plot_reliability
 
     rng = np.random.default_rng(2)
     p = rng.random(500)
@@ -67,7 +67,7 @@ def test_reliability_plot_is_written(tmp_path):
 
 
 def _memory_reranker(rng: np.random.Generator, d: int, knn_products: bool) -> tuple[Reranker, np.ndarray, np.ndarray]:
-    from retrieval.reranker import build_memory
+    from retrieval.learn.reranker import build_memory
 
     def unit(x: np.ndarray) -> np.ndarray:
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -117,7 +117,7 @@ def test_logit_grid_equals_the_per_pair_logits_with_and_without_knn_products():
 
 def _raw_memory_reranker(rng: np.random.Generator, d: int = 6, d_raw: int = 9):
     """Reranker whose memory also keeps raw captions: 20 images x 2 captions; returns (rr, zi, zt, raw queries)."""
-    from retrieval.reranker import build_memory
+    from retrieval.learn.reranker import build_memory
 
     def unit(x: np.ndarray) -> np.ndarray:
         return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -177,7 +177,7 @@ def test_reranker_logit_grid_runs_the_memory_once_and_equals_the_per_query_logit
 
 
 def test_listwise_term_teaches_the_ranking_that_graded_rows_do_not_show():
-    from retrieval.reranker import fit_listwise
+    from retrieval.learn.reranker import fit_listwise
 
     rng = np.random.default_rng(7)
     n_feat = 5

@@ -97,7 +97,7 @@ def course_texts() -> list[str]:
     data = course_data_dir()
     if not (data / "train_dataset.csv").is_file():
         pytest.skip(f"course data not found at {data} (set $RETRIEVAL_COURSE_DATA)")
-    from retrieval.features import course_texts as load_texts
+    from retrieval.learn.features import course_texts as load_texts
 
     texts = sorted(load_texts(data))
     rng = np.random.default_rng(0)

@@ -5,13 +5,13 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
+
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from retrieval.cli import cli
-from retrieval.model import RetrievalModel
+from retrieval.learn.model import RetrievalModel
 
 TINY = Path(__file__).parent / "fixtures" / "course_tiny"
 FAKE = ["--image-encoder", "fake-image", "--text-encoder", "fake-text"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrieval.validation import CoursePairs, image_folds, restricted_images, retrieval_metrics, train_mask_for
+from retrieval.learn.validation import CoursePairs, image_folds, restricted_images, retrieval_metrics, train_mask_for
 
 
 def _pairs() -> CoursePairs:
@@ -45,7 +45,7 @@ def test_retrieval_metrics_ranks():
 
 
 def test_choose_blend_never_lowers_recall_without_tolerance():
-    from retrieval.train import _blend_name, choose_blend
+    from retrieval.learn.train import _blend_name, choose_blend
 
     def entry(r1: float, r5: float, r10: float, tau_c: float, tau_b: float) -> dict:
         return {"retrieval_non_child": {"R@1": r1, "R@5": r5, "R@10": r10},
@@ -60,7 +60,7 @@ def test_choose_blend_never_lowers_recall_without_tolerance():
 
 
 def test_ranking_list_holds_each_querys_own_image_at_the_reported_position():
-    from retrieval.train import HeadConfig, ranking_list
+    from retrieval.learn.train import HeadConfig, ranking_list
 
     rng = np.random.default_rng(3)
     zi = rng.normal(size=(12, 4)).astype(np.float32)

@@ -25,7 +25,7 @@ import numpy.typing as npt
 from retrieval.atomic import write_text
 from retrieval.errors import RetrievalError
 from retrieval.policy.detector import FEATURES, N_FUSED, ChildDetector, Detection
-from retrieval.policy.review import REVIEW_DIR, Decision, ReviewStore, now_iso
+from retrieval.policy.review import REVIEW_DIR
 
 REFIT_FILE = "refit.json"
 TARGET_RECALL = 0.97

@@ -157,12 +157,12 @@ class ReviewStore:
 
     # ---------------------------------------------------------------- internals
     def _locked(self) -> Any:
-        from index_store import IndexStore
+        from index_store import backend_for
 
-        if not IndexStore.exists(self.index_dir):
+        if not backend_for(self.index_dir).exists():
             raise RetrievalError(f"no index at {str(self.index_dir)!r}; run `retrieve build-index IMAGES --index "
                                  f"{self.index_dir}` before reviewing")
-        return IndexStore.lock(self.index_dir)
+        return backend_for(self.index_dir).lock()
 
     def _write(self, decisions: Mapping[str, Decision], log_entries: list[dict[str, Any]]) -> None:
         self.folder.mkdir(exist_ok=True)

@@ -1,4 +1,4 @@
-"""Fit and measure the child probes on the course data (features from `retrieval.features.course_embeddings`).
+"""Fit and measure the child probes on the course data (features from `retrieval.learn.features.course_embeddings`).
 
 The ML helper calls `fit_policy_probes(emb, captions)` while building the model folder and stores
 `probes.text.to_tensors("child_text.")` / `probes.image.to_tensors("child_image.")` in its safetensors;
@@ -38,7 +38,7 @@ TRAIN_QUERIES = Path(__file__).with_name("child_queries_train.tsv")
 
 def training_queries(text_encoder: str, path: Path = TRAIN_QUERIES) -> LabelledQueries:
     """The labelled training queries, encoded with `text_encoder` (features cached like the course captions)."""
-    from retrieval.features import text_features
+    from retrieval.learn.features import text_features
     from retrieval.policy.lexicon import mentions_child
 
     texts, is_child = load_policy_queries(path)
@@ -62,7 +62,7 @@ class PolicyProbes:
 
 def course_captions(data_dir: Path) -> list[tuple[str, str]]:
     """(query_id, text) for every train_dataset query text and extra caption, duplicates removed."""
-    from retrieval.features import read_extra_captions, read_train_queries
+    from retrieval.learn.features import read_extra_captions, read_train_queries
 
     pairs = [(q, t) for _, q, t in read_train_queries(Path(data_dir))] + read_extra_captions(Path(data_dir))
     return list(dict.fromkeys(pairs))
@@ -113,7 +113,7 @@ def evaluate_policy(
     """Measure the policy: image probe on grouped out-of-fold predictions; lexicon / text probe / both on the
     held-out query file (`text<TAB>child|adult`). Optionally saves the precision-recall PNG to `plot`."""
     from retrieval.encoders import build_text_encoder
-    from retrieval.features import course_embeddings
+    from retrieval.learn.features import course_embeddings
 
     emb = course_embeddings(data_dir, image_encoder, text_encoder, tuple(views))
     captions = course_captions(data_dir)

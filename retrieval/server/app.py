@@ -27,7 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval import __version__
-from retrieval.errors import ImageDecodeError, InvalidQueryError, RetrievalError
+from retrieval.errors import USER_ERRORS, ImageDecodeError, InvalidQueryError, RetrievalError
 from retrieval.policy.apply import apply_policy, validate_policy
 from retrieval.server.batcher import SearchBatcher, ServerBusyError
 from retrieval.policy.types import RawResult
@@ -125,10 +125,12 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
                   openapi_url="/api/openapi.json")
     app.state.retriever, app.state.batcher, app.state.images, app.state.policy = retriever, batcher, images, policy
 
-    @app.exception_handler(RetrievalError)
-    async def _retrieval_error(_req: Request, err: RetrievalError) -> JSONResponse:
+    async def _user_error(_req: Request, err: Exception) -> JSONResponse:
         status = next((code for cls, code in _STATUS.items() if isinstance(err, cls)), 500)
         return _error(status, str(err))
+
+    for kind in USER_ERRORS:
+        app.add_exception_handler(kind, _user_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(req: Request, err: StarletteHTTPException) -> JSONResponse:

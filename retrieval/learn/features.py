@@ -94,7 +94,7 @@ def _feature_dir() -> Path:
 def _decode(path: Path) -> Any:
     """RGB PIL image, EXIF orientation applied. Prefers the shared loader when it exists."""
     try:
-        from retrieval.imageio import load_image  # type: ignore[attr-defined]
+        from retrieval.index.imageio import load_image  # type: ignore[attr-defined]
 
         return load_image(path)
     except ImportError:
@@ -158,7 +158,7 @@ def combine_image_features(
     """Same features the live encoder gives: mean over views per part; "+"-joined parts L2-normalised (times
     `part_weight`), concatenated."""
     from retrieval.encoders import part_views, part_weight
-    from retrieval.projection import l2n
+    from retrieval.learn.projection import l2n
 
     parts = image_encoder.split("+")
     names: list[str] = []
@@ -190,7 +190,7 @@ def course_embeddings(
 def course_face_table(data_dir: Path | str, progress: Progress | None = None) -> Any:
     """Faces (MTCNN) and crop-encoder features of every train image, as a `detector_train.FaceTable` (cached by the
     face finder's settings, the crop encoder's checksum and the image files)."""
-    from retrieval.imageio import load_image
+    from retrieval.index.imageio import load_image
     from retrieval.policy.detector import (CROP_CONTEXT, CROP_ENCODER, MAX_FACES, faces_and_crop_features,
                                            load_crop_encoder)
     from retrieval.policy.detector_train import FaceTable

@@ -19,7 +19,7 @@ import pandas as pd
 
 from retrieval.atomic import write_text
 from retrieval.errors import DatasetError
-from retrieval.validation import retrieval_metrics
+from retrieval.learn.validation import retrieval_metrics
 
 
 def _kendall(course: Any, names: list[str], img_z: np.ndarray, retriever: Any, texts: dict[str, str],
@@ -74,7 +74,7 @@ def course_child_images(course: Any) -> list[str]:
 def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir: str | Path | None = None,
              sheet_queries: int = 10, sheet_k: int = 5, seed: int = 0, policy: str = "strict",
              progress: bool = True) -> dict[str, Any]:
-    from retrieval.build import build_index_with_model
+    from retrieval.index.build import build_index_with_model
     from retrieval.data.course import load_course, load_test_queries
     from retrieval.policy.lexicon import mentions_child
     from retrieval.search import Retriever
@@ -117,8 +117,8 @@ def write_sheet(retriever: Any, texts: list[str], out: Path, n: int, k: int, see
     """HTML + PNG sheet of `n` random queries (fixed seed) with their top-k under `policy`, and the same queries
     under `audit` beside it (sheet_audit.png/html: every image, the detector's boxes and reasons), all through the
     policy choke point."""
-    from retrieval.contact_sheet import write_sheet as write_png
-    from retrieval.html import results_page
+    from retrieval.reports.contact_sheet import write_sheet as write_png
+    from retrieval.reports.html import results_page
     from retrieval.policy.apply import apply_policy
 
     rng = np.random.default_rng(seed)
@@ -131,7 +131,7 @@ def write_sheet(retriever: Any, texts: list[str], out: Path, n: int, k: int, see
         write_png(audit, out / "sheet_audit.png", k, title="policy audit (operators): same queries, boxes = faces "
                   "with P(child)")
         results_page("retrieve evaluate: sample queries (audit)", audit, out / "sheet_audit.html",
-                     intro=f"<p>Same queries under <code>--policy audit</code>; strict view: <a href='sheet.html'>sheet.html</a>.</p>")
+                     intro="<p>Same queries under <code>--policy audit</code>; strict view: <a href='sheet.html'>sheet.html</a>.</p>")
     return results_page("retrieve evaluate: sample queries", results, out / "sheet.html",
                         intro=f"<p>{len(results)} random queries (seed {seed}), top-{k}, policy {policy}. "
                               "Operator view: <a href='sheet_audit.html'>sheet_audit.html</a>.</p>")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retrieval.errors import DatasetError
-from retrieval.imageio import IMAGE_EXTENSIONS, is_image_path
+from retrieval.index.imageio import IMAGE_EXTENSIONS, is_image_path
 
 
 @dataclass(frozen=True)

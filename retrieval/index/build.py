@@ -34,7 +34,7 @@ def resolve_model_dir(model_dir: str | Path | None = None) -> Path:
 
 def load_model(model_dir: str | Path | None = None) -> Any:
     """The heads model folder (see `resolve_model_dir`)."""
-    from retrieval.model import RetrievalModel
+    from retrieval.learn.model import RetrievalModel
 
     return RetrievalModel.load(resolve_model_dir(model_dir))
 
@@ -43,7 +43,7 @@ def child_detector(model: Any, max_megapixels: float | None = 100.0) -> Any:
     """`detect(entries, feats) -> [Detection]` for the indexer: decodes each file (EXIF-upright, any mode) and runs
     the model's child detector on it. Raises DetectorUnavailableError now, before any work, if a part cannot load."""
     from retrieval.errors import DetectorUnavailableError, ImageDecodeError
-    from retrieval.imageio import load_image
+    from retrieval.index.imageio import load_image
     from retrieval.policy.detector import DetectorRuntime
 
     if model.detector is None:
@@ -77,7 +77,7 @@ def build_index_with_model(
     `image_weights`: a weights file for the image encoder (e.g. ResNet offline); it must be the one the model was
     trained with (checked by checksum)."""
     from retrieval.errors import ModelMismatchError
-    from retrieval.indexer import build_index
+    from retrieval.index.indexer import build_index
 
     model = load_model(model_dir)
     encoder = build_image_encoder(model.config.image_encoder, Path(image_weights) if image_weights else None,

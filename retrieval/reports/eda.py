@@ -1,14 +1,11 @@
 """EDA report for a course-layout folder: a static index.html with PNG plots and the key numbers.
 
-`write_report(data_dir, out_dir)` builds everything in a sibling temp folder and `os.replace`s it into place, so
+`write_report(data_dir, out_dir)` builds everything in a sibling temp folder and swaps it into place (`atomic_folder`), so
 a reader never sees a half-written report and a failed run leaves the previous one intact.
 """
 from __future__ import annotations
 
 import html
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from retrieval.atomic import atomic_folder  # noqa: E402
 from retrieval.data.course import GRADE_COLUMNS, CourseData, load_course  # noqa: E402
 from retrieval.data.targets import (  # noqa: E402
     DEFAULT_EXPERT_METHOD,
@@ -174,7 +172,7 @@ def _policy_section(data_dir: Path, folder: Path) -> tuple[_Plot, dict[str, str]
     """Child-image probe precision-recall (image-grouped out-of-fold) + query blocking on the held-out phrasings.
 
     Uses the shipped default model's encoders; features come from the embedding cache after `retrieve train`."""
-    from retrieval.build import load_model
+    from retrieval.index.build import load_model
     from retrieval.config import REPO_ROOT
     from retrieval.policy.train import evaluate_policy
 
@@ -198,9 +196,7 @@ def write_report(data_dir: Path, out_dir: Path, policy: bool = False) -> Path:
     `policy=True` adds the child-content probe section (needs the real encoders; cached features make it fast)."""
     course = load_course(data_dir)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".incomplete", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         targets = build_targets(course)
         methods = compare_expert_methods(course)
         plots: list[_Plot] = []
@@ -230,15 +226,4 @@ def write_report(data_dir: Path, out_dir: Path, policy: bool = False) -> Path:
                 f"{len(course.test_queries):,} / {len(course.test_image_names):,}")
         (tmp / "index.html").write_text(_html(f"Course data report: {course.root.name}", numbers, methods, plots),
                                         encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir / "index.html"

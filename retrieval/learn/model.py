@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -20,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 
 from retrieval.errors import ModelMismatchError, ModelNotFoundError
-from retrieval.projection import LinearProjection
-from retrieval.reranker import Reranker
+from retrieval.learn.projection import LinearProjection
+from retrieval.learn.reranker import Reranker
 
 FloatArray = npt.NDArray[np.float32]
 FORMAT_VERSION = 1
@@ -161,28 +158,16 @@ class RetrievalModel:
         """Atomic: written into a sibling temp folder, then swapped into place. Returns the folder."""
         from safetensors.numpy import save_file
 
+        from retrieval.atomic import atomic_folder
+
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
+        with atomic_folder(directory) as tmp:
             save_file(self.tensors(), str(tmp / WEIGHTS_NAME), metadata={"format": "retrieval-heads"})
             model_id = hashlib.sha256((tmp / WEIGHTS_NAME).read_bytes()).hexdigest()
             self.config = replace(self.config, model_id=model_id)
             with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as fh:
                 json.dump(asdict(self.config), fh, indent=2, sort_keys=True, default=list)
                 fh.write("\n")
-            os.chmod(tmp, 0o755)
-            for child in tmp.iterdir():
-                os.chmod(child, 0o644)
-            old = None
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-                os.replace(directory, old)
-            os.replace(tmp, directory)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return directory
 
     @classmethod

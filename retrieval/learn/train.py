@@ -18,12 +18,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from retrieval.features import CourseEmbeddings, course_embeddings
-from retrieval.model import ModelConfig, RetrievalModel
-from retrieval.projection import LinearProjection, Pairs, fit_cca, fit_contrastive
-from retrieval.reranker import (CaptionMemory, Reranker, build_memory, fit_calibration, fit_listwise, fit_logistic,
+from retrieval.learn.features import CourseEmbeddings, course_embeddings
+from retrieval.learn.model import ModelConfig, RetrievalModel
+from retrieval.learn.projection import LinearProjection, Pairs, fit_cca, fit_contrastive
+from retrieval.learn.reranker import (CaptionMemory, Reranker, build_memory, fit_calibration, fit_listwise, fit_logistic,
                                 logit_grid, pair_features)
-from retrieval.validation import (CoursePairs, course_pairs, image_folds, mean_metrics, reranker_quality,
+from retrieval.learn.validation import (CoursePairs, course_pairs, image_folds, mean_metrics, reranker_quality,
                                   restricted_images, retrieval_metrics, train_mask_for)
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0+efficientnet-lite2+efficientnet-lite2-hires"
@@ -306,7 +306,7 @@ def train_model(
     j = r
     rank_a, rank_b = cfg.blends[r]
     if reliability_png is not None:
-        from retrieval.reranker import plot_reliability
+        from retrieval.learn.reranker import plot_reliability
 
         plot_reliability(oof_prob[j, allowed], rows.target[allowed], reliability_png)
     metrics["score_key"] = _blend_name(rank_a, rank_b)
@@ -349,7 +349,7 @@ def train_model(
     model = RetrievalModel(config, proj, reranker, detector, text_probe)
     model.save(out_dir)
     if reliability_png is None:  # the reliability diagram of the shipped score travels with the model
-        from retrieval.reranker import plot_reliability
+        from retrieval.learn.reranker import plot_reliability
 
         plot_reliability(oof_prob[j, allowed], rows.target[allowed], Path(out_dir) / "reliability.png")
     metrics["model_id"] = model.config.model_id
@@ -369,7 +369,7 @@ def _visual_or_caption_labels(image_names: Sequence[str], caption_restricted: np
 def _detector(data_dir: Path, emb: CourseEmbeddings, labels: Sequence[str], caption_restricted: np.ndarray,
               n_splits: int, seed: int, say: Progress) -> tuple[Any, dict[str, Any]]:
     """The child detector (retrieval.policy.detector) fitted on the visual labels, with its out-of-fold metrics."""
-    from retrieval.features import course_face_table, read_extra_captions
+    from retrieval.learn.features import course_face_table, read_extra_captions
     from retrieval.policy.detector_train import caption_person_labels, detector_metrics, fit_detector
 
     if n_splits < 2:

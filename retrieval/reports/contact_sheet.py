@@ -48,7 +48,7 @@ def _thumbnail(hit: dict[str, Any]) -> tuple[Any, float, tuple[int, int]]:
     """(thumbnail fitted in a tile, scale from the detector's upright image to it, paste offset)."""
     from PIL import Image
 
-    from retrieval.imageio import load_image
+    from retrieval.index.imageio import load_image
 
     im = load_image(hit["path"])  # JPEG draft decode: a tile needs no full resolution; boxes scale by width
     w, h = im.size

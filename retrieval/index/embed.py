@@ -28,8 +28,8 @@ import numpy as np
 
 from retrieval.encoders.base import FloatArray, ImageEncoder
 from retrieval.errors import ImageDecodeError
-from retrieval.fs import FileEntry
-from retrieval.imageio import DEFAULT_MAX_MEGAPIXELS, decode_image
+from retrieval.index.fs import FileEntry
+from retrieval.index.imageio import DEFAULT_MAX_MEGAPIXELS, decode_image
 
 #: Where the default cache lives inside retrieval.config.cache_dir().
 CACHE_FILENAME = "embeddings.sqlite"

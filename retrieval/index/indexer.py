@@ -17,13 +17,14 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from index_store import FLAT_MAX, IndexStore, LoadedIndex
-from retrieval.embed_pipeline import EmbeddingCache, iter_embedded, sha256_file
+from index_store import FLAT_MAX, IndexReader, backend_for
+from retrieval import __version__
+from retrieval.index.embed import EmbeddingCache, iter_embedded, sha256_file
 from retrieval.policy.review import REVIEW_DIR
 from retrieval.encoders.base import FloatArray, ImageEncoder
 from retrieval.errors import DatasetError, IndexNotFoundError, IndexOutdatedError
-from retrieval.fs import FileEntry, check_images_root, walk_images
-from retrieval.imageio import DEFAULT_MAX_MEGAPIXELS, IMAGE_EXTENSIONS
+from retrieval.index.fs import FileEntry, check_images_root, walk_images
+from retrieval.index.imageio import DEFAULT_MAX_MEGAPIXELS, IMAGE_EXTENSIONS
 
 #: Manifest keys that must match for the previous index's vectors to be reused.
 _REUSE_KEYS = ("image_encoder", "image_encoder_sha", "model_id")
@@ -71,12 +72,13 @@ def build_index(
     root = check_images_root(images_dir)
     index_dir = Path(index_dir).expanduser().absolute()
     files = walk_images(root)
-    # Caller's identity wins (it is what `IndexStore.load(expect=model.index_identity())` compares against).
+    # Caller's identity wins (it is what `load(expect=index_identity(model))` compares against).
     fields = {
         "image_encoder": image_encoder.id,
         "image_encoder_sha": image_encoder.checksum(),
         **dict(manifest_fields or {}),
         "images_root": str(root),
+        "versions": {"retrieval": __version__},
     }
     prev, rebuilt_reason = _previous(index_dir, fields)
     store_cache = EmbeddingCache() if cache is True else (cache or None)
@@ -165,7 +167,7 @@ def build_index(
             ann.hnsw.efConstruction = int(ann_params.get("efConstruction", ann.hnsw.efConstruction))
             ann.add(np.ascontiguousarray(vectors[len(plan.reuse_prev):], np.float32))
         # the operator's decisions (keyed by content hash) outlive every rebuild
-        IndexStore.write(index_dir, vectors, meta, fields, index=ann, index_params=ann_params, flat_max=flat_max,
+        backend_for(index_dir).write(vectors, meta, fields, index=ann, index_params=ann_params, flat_max=flat_max,
                          carry=(REVIEW_DIR,))
     return BuildReport(
         index_dir=index_dir,
@@ -182,7 +184,7 @@ def build_index(
     )
 
 
-def _appendable(prev: LoadedIndex | None, plan: "_Plan", n_new: int, flat_max: int) -> bool:
+def _appendable(prev: IndexReader | None, plan: "_Plan", n_new: int, flat_max: int) -> bool:
     """True when the previous index is an HNSW graph that only gains images (nothing removed or re-embedded, rows
     still in the previous order): adding to the graph costs seconds where rebuilding 1M images costs minutes.
     Any removal or change rebuilds (HNSW cannot delete), and so does a flat index (rebuilding it is free)."""
@@ -201,7 +203,7 @@ class _Plan:
     touched: int = 0  # size/mtime changed but same content: reused, meta updated
 
 
-def _plan(files: list[FileEntry], prev: LoadedIndex | None) -> _Plan:
+def _plan(files: list[FileEntry], prev: IndexReader | None) -> _Plan:
     n = len(files)
     if prev is None or not len(prev.meta):
         return _Plan(np.zeros(0, np.int64), np.zeros(0, np.int64), list(range(n)))
@@ -230,19 +232,19 @@ def _plan(files: list[FileEntry], prev: LoadedIndex | None) -> _Plan:
     )
 
 
-def _prev_column(prev: LoadedIndex, name: str) -> npt.NDArray[np.object_]:
+def _prev_column(prev: IndexReader, name: str) -> npt.NDArray[np.object_]:
     if name in prev.meta:
         return prev.meta[name].fillna("").to_numpy(dtype=object)
     return np.full(len(prev.meta), "", dtype=object)
 
 
-def _previous(index_dir: Path, fields: Mapping[str, Any]) -> tuple[LoadedIndex | None, str | None]:
+def _previous(index_dir: Path, fields: Mapping[str, Any]) -> tuple[IndexReader | None, str | None]:
     """The previous index if its vectors can be reused; else (None, why). A newer format_version propagates;
     an older one (before the child detector) and a corrupt folder are rebuilt from scratch (the cache keeps it cheap)."""
-    if not IndexStore.exists(index_dir):
+    if not backend_for(index_dir).exists():
         return None, None
     try:
-        prev = IndexStore.load(index_dir)
+        prev = backend_for(index_dir).load()
     except (IndexNotFoundError, IndexOutdatedError) as exc:
         return None, str(exc)
     stored = prev.manifest.to_dict()
