@@ -12,6 +12,7 @@ import click
 
 from retrieval import __version__
 from retrieval.errors import USER_ERRORS
+from retrieval.policy.types import DEFAULT_POLICY, POLICIES
 
 
 def run_guarded(fn):
@@ -35,6 +36,10 @@ class _Group(click.Group):
 def cli() -> None:
     """Text -> image search with calibrated 0-1 relevance scores."""
 
+
+#: The one --policy option of every command that prints results.
+policy_option = click.option("--policy", type=click.Choice(POLICIES), default=DEFAULT_POLICY, show_default=True,
+                             help="strict: withhold child content; audit: show and flag it; off: no legal processing.")
 
 # Commands are added below, one block each: report, train, score, evaluate, build-index, query, serve.
 
@@ -85,8 +90,7 @@ def build_index_cmd(images_dir: Path, index_dir: Path, model_dir: Path | None, w
 @click.option("--queries-file", type=click.Path(path_type=Path), default=None,
               help="One query per line, or a course test_queries.csv (its query_text column).")
 @click.option("--min-score", type=float, default=0.0, show_default=True, help="Drop hits scored below this (0..1).")
-@click.option("--policy", type=click.Choice(["strict", "audit", "off"]), default="strict", show_default=True,
-              help="strict: withhold child content; audit: show and flag it; off: no legal processing.")
+@policy_option
 def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int, as_json: bool,
               queries_file: Path | None, min_score: float, policy: str) -> None:
     """Search INDEX_DIR for TEXT (or every query of --queries-file); scores are calibrated 0..1 relevance."""
@@ -137,8 +141,7 @@ def format_table(result: dict) -> str:
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (must match the index).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep loopback unless behind a proxy).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--policy", type=click.Choice(["strict", "audit", "off"]), default="strict", show_default=True,
-              help="strict: withhold child content; audit: show and flag it; off: no legal processing.")
+@policy_option
 def serve_cmd(index_dir: Path, model_dir: Path | None, host: str, port: int, policy: str) -> None:
     """Serve the search page and JSON API (/api/search, /api/health) over INDEX, loaded once."""
     from retrieval.server import load_app, serve
@@ -153,7 +156,7 @@ def serve_cmd(index_dir: Path, model_dir: Path | None, host: str, port: int, pol
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), default=None, help="Model folder (default: shipped).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("evaluate_out"), show_default=True,
               help="Where metrics.json, sheet.html/png and the test index go.")
-@click.option("--policy", type=click.Choice(["strict", "audit", "off"]), default="strict", show_default=True)
+@policy_option
 def evaluate_cmd(data_dir: Path, model_dir: Path | None, out_dir: Path, policy: str) -> None:
     """R@1/5/10, MRR, median rank (projection vs reranked), Kendall tau vs grades; writes metrics.json + a sheet."""
     from retrieval.reports.evaluate import evaluate, metrics_table

@@ -15,7 +15,9 @@ CACHE_DIR_ENV = "RETRIEVAL_CACHE_DIR"
 DEFAULT_MODEL_DIR = PACKAGE_DIR / "default_model"
 #: Model folders shipped in the package, usable by name with --model (a real folder of that name wins).
 PACKAGED_MODELS = {"default": DEFAULT_MODEL_DIR, "light": PACKAGE_DIR / "light_model"}
-SAMPLES_DIR = PACKAGE_DIR / "samples"
+
+#: Files with these extensions (any case) are images to index and to read from course folders.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 DISCLAIMER = "This image is unavailable in your country in compliance with local laws"
 

@@ -65,7 +65,7 @@ def find_row(opened: OpenedIndex, image: str | os.PathLike[str] | None = None, r
         if len(hit):
             return int(hit[0])
     if path.is_file():
-        from retrieval.index.embed import sha256_file
+        from retrieval.hashing import sha256_file
 
         rows = opened.policy.rows_of(sha256_file(path))
         if rows:

@@ -26,16 +26,8 @@ def _encoders(model: RetrievalModel) -> tuple[Any, Any]:
 
 
 def _load(path: Path) -> Any:
-    try:
-        from retrieval.index.imageio import load_image
-    except ImportError:  # pragma: no cover - imageio ships with the package
-        from PIL import Image, ImageOps
+    from retrieval.index.imageio import load_image
 
-        try:
-            with Image.open(path) as im:
-                return ImageOps.exif_transpose(im).convert("RGB")
-        except Exception as exc:
-            raise ImageDecodeError(f"{path.name}: {exc}") from None
     return load_image(path)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from retrieval.errors import InvalidQueryError
+from retrieval.limits import MAX_QUERY_CHARS, SINGLE_THREAD_MAX_QUERIES
 from retrieval.policy.apply import query_is_child
 from retrieval.policy.operator import IndexPolicy
 from retrieval.policy.types import Hit, RawResult
@@ -21,10 +22,6 @@ from retrieval.policy.types import Hit, RawResult
 SearchHit = Hit
 QueryResult = RawResult
 
-#: Batches up to this size run BLAS on one thread (see `search_many`).
-SINGLE_THREAD_MAX_QUERIES = 8
-#: Queries longer than this many characters are refused outright (a pasted document is not a query).
-MAX_QUERY_CHARS = 2000
 
 
 @dataclass(frozen=True)

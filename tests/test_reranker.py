@@ -34,10 +34,10 @@ def test_soft_target_logistic_orders_pairs_by_agreement():
     target = np.clip((feats[:, 0] + 1) / 2, 0, 1)
     coef, icpt = fit_logistic(feats, target)
     rr = Reranker(coef, icpt, Calibration(np.array([-10.0, 10.0], np.float32), np.array([0.0, 1.0], np.float32)))
-    s = rr.score(zi, zt)
+    s = rr.calibration(rr.logit(zi, zt))
     assert np.corrcoef(s, target)[0, 1] > 0.8
     again = Reranker.from_tensors(rr.to_tensors())
-    np.testing.assert_array_equal(again.score(zi, zt), s)
+    np.testing.assert_array_equal(again.calibration(again.logit(zi, zt)), s)
 
 
 def test_brier_and_ece_of_perfect_predictions_are_zero():
@@ -51,7 +51,7 @@ def test_caption_memory_pseudo_caption_is_the_neighbours_caption_mean():
     img = np.eye(3, dtype=np.float32)
     caps = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1]], np.float32)
     mem = build_memory(img, caps, np.array([0, 1, 2, 2]), k=1)
-    np.testing.assert_allclose(mem.pseudo_caption(img), np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(mem.pseudo(img)[0], np.eye(3), atol=1e-6)
     feats = pair_features(img, caps[[0, 0, 2]], mem)
     assert feats.shape == (3, 1 + 3 + 1)
     np.testing.assert_allclose(feats[:, -1], [1.0, 0.0, 1.0], atol=1e-6)
@@ -85,7 +85,7 @@ def test_knn_products_are_the_text_times_pseudo_caption_and_drive_the_logit():
     rr, zi, zt = _memory_reranker(rng, d, knn_products=True)
     feats = pair_features(zi, zt, rr.memory, knn_products=True)
     assert feats.shape == (7, 2 + 2 * d)
-    kp = rr.memory.pseudo_caption(zi) * zt
+    kp = rr.memory.pseudo(zi)[0] * zt
     np.testing.assert_allclose(feats[:, 2 + d :], kp, atol=1e-6)
     np.testing.assert_allclose(feats[:, 1 + d], kp.sum(axis=1), atol=1e-6)
     assert rr.uses_knn_products()
@@ -109,7 +109,7 @@ def test_logit_grid_equals_the_per_pair_logits_with_and_without_knn_products():
     rng = np.random.default_rng(6)
     for knn_products in (True, False):
         rr, zi, zt = _memory_reranker(rng, 6, knn_products)
-        grid = logit_grid(rr.coef, rr.intercept, zt[:3], zi, rr.memory.pseudo_caption(zi))
+        grid = logit_grid(rr.coef, rr.intercept, zt[:3], zi, rr.memory.pseudo(zi)[0])
         assert grid.shape == (3, 7)
         for q in range(3):
             np.testing.assert_allclose(grid[q], rr.logit(zi, zt[q]), rtol=1e-5, atol=1e-5)
@@ -156,7 +156,7 @@ def test_raw_memory_feature_is_the_raw_query_cosine_with_the_neighbours_raw_capt
 def test_logit_grid_with_raw_memory_equals_the_per_pair_logits():
     rng = np.random.default_rng(9)
     rr, zi, zt, raw = _raw_memory_reranker(rng)
-    grid = logit_grid(rr.coef, rr.intercept, zt[:3], zi, rr.memory.pseudo_caption(zi), (raw[:3], rr.memory.pseudo_raw(zi)))
+    grid = logit_grid(rr.coef, rr.intercept, zt[:3], zi, rr.memory.pseudo(zi)[0], (raw[:3], rr.memory.pseudo(zi)[1]))
     for q in range(3):
         np.testing.assert_allclose(grid[q], rr.logit(zi, zt[q], raw[q]), rtol=1e-5, atol=1e-5)
 

@@ -22,7 +22,8 @@ from retrieval.config import DISCLAIMER
 from retrieval.errors import DatasetError, IndexVersionError, InvalidQueryError
 from retrieval.policy.apply import apply_policy
 from retrieval.server import background_server, create_app, public_result
-from retrieval.server.app import MAX_QUERY_CHARS, model_id
+from retrieval.limits import MAX_QUERY_CHARS
+from retrieval.server.app import model_id
 from retrieval.server.batcher import SearchBatcher, ServerBusyError
 from retrieval.server.fake import COLOURS, FakeRetriever, make_fake_images
 
@@ -148,7 +149,7 @@ def test_unknown_policy_is_refused(fake: FakeRetriever, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("params, names", [
-    ({}, "q"), ({"q": ""}, "q"), ({"q": "   "}, "q"), ({"q": "x" * (MAX_QUERY_CHARS + 1)}, "500"),
+    ({}, "q"), ({"q": ""}, "q"), ({"q": "   "}, "q"), ({"q": "x" * (MAX_QUERY_CHARS + 1)}, str(MAX_QUERY_CHARS)),
     ({"q": "red", "k": "0"}, "k"), ({"q": "red", "k": "101"}, "k"), ({"q": "red", "k": "-3"}, "k"),
     ({"q": "red", "k": "abc"}, "k"), ({"q": "red", "k": "1.5"}, "k"), ({"q": "red", "k": ""}, "k"),
     ({"q": "red", "min_score": "-0.1"}, "min_score"), ({"q": "red", "min_score": "1.01"}, "min_score"),

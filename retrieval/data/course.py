@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from retrieval.config import IMAGE_EXTENSIONS
 from retrieval.errors import DatasetError
 
 TRAIN_CSV = "train_dataset.csv"
@@ -45,7 +46,6 @@ EXTRA_COLUMNS = ("query_id", "image", "query_text")
 TEST_COLUMNS = ("query_id", "query_text", "image")
 GRADE_COLUMNS = ("e1", "e2", "e3")
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 #: `<image file>#<caption number>`, e.g. 1056338697_4f7d7ce270.jpg#2.
 QUERY_ID_PATTERN = r"^[^#\s]+#\d+$"
 _LINE_IN_PARSER_ERROR = re.compile(r"line (\d+)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from retrieval.encoders.base import FloatArray
 from retrieval.errors import EncoderUnavailableError
+from retrieval.hashing import cached_sha256_file
 
 #: View name -> function(PIL image, size) -> PIL image of exactly (size, size).
 VIEWS: dict[str, Callable[[Any, int], Any]] = {}
@@ -63,19 +63,6 @@ def _full_flip(image: Any, size: int) -> Any:
     from PIL import Image
 
     return _full(image, size).transpose(Image.FLIP_LEFT_RIGHT)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@lru_cache(maxsize=None)
-def _cached_sha(path: str) -> str:
-    return sha256_file(Path(path))
 
 
 def _lite_weights(name: str) -> Path:
@@ -294,7 +281,7 @@ def efficientnet_lite(
     net.load_state_dict(state)
     fast, chosen = _lite_fast(net.eval(), variant.size, variant.pool, backend, threads)
     return TorchImageEncoder(name, _lite_pooled(net, variant.pool), 1280 * variant.blocks, variant.size, (0.5,) * 3,
-                             (0.5,) * 3, _cached_sha(str(path)), variant.views or views, fast=fast, backend=chosen,
+                             (0.5,) * 3, cached_sha256_file(str(path)), variant.views or views, fast=fast, backend=chosen,
                              blocks=variant.blocks)
 
 
@@ -349,7 +336,7 @@ def resnet(
         path = Path(weights) if weights else _torch_cache_weights(name)
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
-        sha = _cached_sha(str(path))
+        sha = cached_sha256_file(str(path))
     dim = net.fc.in_features
     net.fc = torch.nn.Identity()
     net.eval()

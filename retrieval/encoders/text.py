@@ -23,16 +23,11 @@ import numpy as np
 from retrieval.config import cache_dir
 from retrieval.encoders.base import FloatArray
 from retrieval.errors import EncoderUnavailableError
+from retrieval.limits import SINGLE_THREAD_MAX_TEXTS
 
 #: Env var choosing the text backend: "openvino" (default where installed), "numpy" or "transformers" (reference).
 BACKEND_ENV = "RETRIEVAL_TEXT_BACKEND"
 BACKENDS = ("openvino", "numpy", "transformers")
-#: Texts per call up to which the numpy backend runs BLAS on one thread when the machine is busy (see
-#: `cores_busy`): a single query is a few skinny matmuls. Measured for one mpnet query on 2 cores: idle, 2 threads
-#: 62-70 ms vs 1 thread 95-104 ms; with the other core busy, 2 threads 222 ms vs 1 thread 89 ms.
-SINGLE_THREAD_MAX_TEXTS = 4
-
-
 def cores_busy() -> bool:
     """True when fewer than 1.5 cores are free by the 1-minute load average (one CPU-bound process on a 2-core
     machine is enough): a second BLAS thread would then wait for a busy core. False where there is no load average."""

@@ -13,7 +13,6 @@ committed after every batch (SQLite WAL), so `kill -9` loses at most one batch o
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import sys
@@ -28,23 +27,12 @@ import numpy as np
 
 from retrieval.encoders.base import FloatArray, ImageEncoder
 from retrieval.errors import ImageDecodeError
+from retrieval.hashing import sha256_bytes
 from retrieval.index.fs import FileEntry
 from retrieval.index.imageio import DEFAULT_MAX_MEGAPIXELS, decode_image
 
 #: Where the default cache lives inside retrieval.config.cache_dir().
 CACHE_FILENAME = "embeddings.sqlite"
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class EmbeddingCache:

@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.config import IMAGE_EXTENSIONS
 from retrieval.errors import ImageDecodeError
 
-#: File name suffixes (lower-cased) that the walker and the build treat as images.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 #: Images with more pixels than this (from the header) are refused: ~300 MB of RGB per decode worker.
 DEFAULT_MAX_MEGAPIXELS = 100.0
 #: Decoded pictures keep their shorter side >= this many pixels (JPEG draft / box reduce); None keeps full size.

@@ -19,7 +19,8 @@ import pandas as pd
 
 from index_store import FLAT_MAX, IndexReader, backend_for
 from retrieval import __version__
-from retrieval.index.embed import EmbeddingCache, iter_embedded, sha256_file
+from retrieval.hashing import sha256_file
+from retrieval.index.embed import EmbeddingCache, iter_embedded
 from retrieval.policy.review import REVIEW_DIR
 from retrieval.encoders.base import FloatArray, ImageEncoder
 from retrieval.errors import DatasetError, IndexNotFoundError, IndexOutdatedError

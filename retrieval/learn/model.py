@@ -7,7 +7,6 @@ Loading uses numpy + safetensors only (no torch): a cold CLI query must stay fas
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from retrieval.errors import ModelMismatchError, ModelNotFoundError
+from retrieval.hashing import sha256_file
 from retrieval.learn.projection import LinearProjection
 from retrieval.learn.reranker import Reranker
 
@@ -163,7 +163,7 @@ class RetrievalModel:
         directory = Path(directory)
         with atomic_folder(directory) as tmp:
             save_file(self.tensors(), str(tmp / WEIGHTS_NAME), metadata={"format": "retrieval-heads"})
-            model_id = hashlib.sha256((tmp / WEIGHTS_NAME).read_bytes()).hexdigest()
+            model_id = sha256_file(tmp / WEIGHTS_NAME)
             self.config = replace(self.config, model_id=model_id)
             with open(tmp / CONFIG_NAME, "w", encoding="utf-8") as fh:
                 json.dump(asdict(self.config), fh, indent=2, sort_keys=True, default=list)
@@ -192,7 +192,7 @@ class RetrievalModel:
                 f"model format_version {config.format_version} is newer than supported ({FORMAT_VERSION}); "
                 "upgrade retrieval or retrain with `retrieve train`"
             )
-        digest = hashlib.sha256(w_path.read_bytes()).hexdigest()
+        digest = sha256_file(w_path)
         if config.model_id and digest != config.model_id:
             raise ModelMismatchError(
                 f"{w_path} has sha256 {digest[:12]}… but config.json says model_id {config.model_id[:12]}…; "

@@ -7,7 +7,7 @@ or, by default, the same soft-target loss plus a listwise term that ranks each v
 among its nearest candidates (`fit_listwise`, torch at training time only); isotonic regression fitted on out-of-fold
 logits maps it to a calibrated probability. The product ranks AND scores by one key, a validated blend a*logit + b*cosine
 (RetrievalModel.rank_key), calibrated isotonically (RetrievalModel.score), so listed scores decrease with rank.
-`Reranker.score` calibrates a (1, 0) blend only. Applying the head is numpy only (dot products and a table lookup).
+Applying the head is numpy only (dot products and a table lookup).
 """
 from __future__ import annotations
 
@@ -60,16 +60,6 @@ class CaptionMemory:
         raw = None if self.raw_caption is None else l2n(np.einsum("nk,nkd->nd", w, self.raw_caption[top]).astype(np.float32))
         return caption, raw
 
-    def pseudo_caption(self, img_z: np.ndarray) -> FloatArray:
-        return self.pseudo(img_z)[0]
-
-    def pseudo_raw(self, img_z: np.ndarray) -> FloatArray:
-        """L2-normalised weighted mean of the neighbours' raw caption vectors (requires `raw_caption`)."""
-        raw = self.pseudo(img_z)[1]
-        if raw is None:
-            raise ValueError("this caption memory has no raw captions")
-        return raw
-
 
 def pair_features(img_z: np.ndarray, txt_z: np.ndarray, memory: CaptionMemory | None = None,
                   knn_products: bool = False, txt_raw: np.ndarray | None = None) -> np.ndarray:
@@ -98,8 +88,8 @@ def logit_grid(coef: np.ndarray, intercept: float, txt_z: np.ndarray, img_z: np.
                pseudo: np.ndarray | None = None, raw: tuple[np.ndarray, np.ndarray] | None = None) -> FloatArray:
     """Logits of every (text, image) pair, (n_txt, n_img), without building the per-pair feature rows.
 
-    Same coefficients and layout as `pair_features` (pseudo = memory.pseudo_caption(img_z), None without memory;
-    raw = (txt_raw, memory.pseudo_raw(img_z)) for a memory with raw captions); validation ranks whole galleries with it.
+    Same coefficients and layout as `pair_features` (pseudo, pseudo_raw = memory.pseudo(img_z); pseudo None without
+    memory; raw = (txt_raw, pseudo_raw) for a memory with raw captions); validation ranks whole galleries with it.
     """
     txt_z, img_z = np.asarray(txt_z, np.float32), np.asarray(img_z, np.float32)
     d = img_z.shape[1]
@@ -181,9 +171,6 @@ class Reranker:
             pseudo, pseudo_raw = self.memory.pseudo(np.atleast_2d(img_z))
         raw = (np.atleast_2d(txt_raw), pseudo_raw) if pseudo_raw is not None else None
         return logit_grid(self.coef, self.intercept, np.atleast_2d(txt_z), np.atleast_2d(img_z), pseudo, raw)
-
-    def score(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
-        return self.calibration(self.logit(img_z, txt_z, txt_raw))
 
     def to_tensors(self, prefix: str = "rerank.") -> dict[str, np.ndarray]:
         out = {

@@ -27,6 +27,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval import __version__
+from retrieval.limits import MAX_K, MAX_QUERY_CHARS
 from retrieval.errors import USER_ERRORS, ImageDecodeError, InvalidQueryError, RetrievalError
 from retrieval.policy.apply import apply_policy, validate_policy
 from retrieval.server.batcher import SearchBatcher, ServerBusyError
@@ -40,8 +41,6 @@ class ReviewForbiddenError(RetrievalError):
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: The only files /static serves (a fixed table: no client-given path ever reaches the file system).
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
-MAX_K = 100
-MAX_QUERY_CHARS = 500
 _STATUS = {ReviewForbiddenError: 403, InvalidQueryError: 400, ImageNotFoundError: 404, ImageWithheldError: 451, ServerBusyError: 503,
            ImageDecodeError: 500}
 _NO_STORE = {"Cache-Control": "no-store"}

@@ -7,7 +7,6 @@ cache_dir()/thumbs keyed by the image's content hash, so a changed file never ge
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import threading
@@ -17,6 +16,7 @@ from typing import Any
 
 from retrieval.atomic import write_bytes
 from retrieval.errors import ImageDecodeError, RetrievalError
+from retrieval.hashing import sha256_file
 from retrieval.policy.apply import apply_policy
 from retrieval.policy.types import DEFAULT_IMAGE_THRESHOLD, Hit, RawResult
 
@@ -116,7 +116,7 @@ class ImageService:
         return data
 
     def _disk_thumbnail(self, path: Path) -> bytes:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path)
         cached = self.thumb_dir / str(self.thumb_size) / digest[:2] / f"{digest}.jpg"
         try:
             return cached.read_bytes()
