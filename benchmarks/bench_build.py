@@ -156,7 +156,8 @@ def main() -> None:
     for v in (int(x) for x in args.views.split(",")):
         variants[f"build_index {default.backend} views={v}"] = (build(encoder(v)), n)
     if args.detector_model != "none":
-        from retrieval.index.build import child_detector, load_model
+        from retrieval.index.build import child_detector
+        from retrieval.learn.model import load_model
         from retrieval.index.imageio import load_image
         from retrieval.policy.detector import DetectorRuntime
 

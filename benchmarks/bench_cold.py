@@ -40,7 +40,7 @@ t0 = time.perf_counter()
 import retrieval.cli  # noqa: F401  (what the console script imports first)
 from retrieval.search import Retriever
 t1 = time.perf_counter()
-from retrieval.index.build import index_identity, load_model
+from retrieval.learn.model import index_identity, load_model
 model = load_model(sys.argv[2] or None)
 t2 = time.perf_counter()
 from index_store import IndexStore
@@ -134,7 +134,7 @@ def stages(index: Path, model: Path | None, runs: int, backend: str | None = Non
 def _matches_model(index: Path, model: Path | None) -> bool:
     """The bench index exists and was built with the current model (the shipped model may be retrained)."""
     from index_store import IndexStore
-    from retrieval.index.build import index_identity, load_model
+    from retrieval.learn.model import index_identity, load_model
     from retrieval.errors import USER_ERRORS
 
     try:

@@ -156,7 +156,7 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
     import faiss
 
     from index_store import IndexStore, build_ann
-    from retrieval.index.build import index_identity, load_model
+    from retrieval.learn.model import index_identity, load_model
     from retrieval.config import cache_dir, course_data_dir
     from retrieval.encoders import build_text_encoder
     from retrieval.search import Retriever, candidate_count

@@ -96,11 +96,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from retrieval.index.build import load_model
+    from retrieval.learn.model import load_model
     from retrieval.config import course_data_dir
     from retrieval.learn.features import combine_image_features
     from retrieval.policy.visual_labels import labels_for
-    from retrieval.learn.projection import l2n
+    from retrieval.vectors import l2n
 
     model = load_model(args.model)
     if model.detector is None or model.detector.train_rows is None:

@@ -200,7 +200,7 @@ def train_cmd(data_dir: Path, out_dir: Path, no_extra_captions: bool, seed: int,
 def score_cmd(image: Path | None, text: str | None, model_dir: Path | None, pairs_file: Path | None,
               out_file: Path | None) -> None:
     """Calibrated 0-1 relevance of IMAGE and TEXT, or of every row of --pairs (written to --out)."""
-    from retrieval.index.build import load_model
+    from retrieval.learn.model import load_model
     from retrieval.errors import InvalidQueryError
     from retrieval.scoring import read_pairs, score_one, score_pairs, write_scores
 

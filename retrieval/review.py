@@ -30,7 +30,7 @@ class OpenedIndex:
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "OpenedIndex":
         from index_store import backend_for
 
-        from retrieval.index.build import index_identity, load_model
+        from retrieval.learn.model import index_identity, load_model
 
         model = load_model(model_dir)
         store = backend_for(Path(index_dir)).load(expect=index_identity(model))

@@ -13,7 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from index_store import IndexReader
+from retrieval.encoders.base import TextEncoder
 from retrieval.errors import InvalidQueryError
+from retrieval.learn.model import RetrievalModel
 from retrieval.limits import MAX_QUERY_CHARS, SINGLE_THREAD_MAX_QUERIES
 from retrieval.policy.apply import query_is_child
 from retrieval.policy.operator import IndexPolicy
@@ -49,7 +52,8 @@ def candidate_count(k: int, n: int) -> int:
 class Retriever:
     """Text -> ranked images with calibrated scores. Parts are passed in; `open` builds them."""
 
-    def __init__(self, text_encoder: Any, model: Any, store: Any, policy: IndexPolicy | None = None) -> None:
+    def __init__(self, text_encoder: TextEncoder, model: RetrievalModel, store: IndexReader,
+                 policy: IndexPolicy | None = None) -> None:
         """`policy` defaults to the index's own (detector verdicts, operator refit and decisions in its folder)."""
         self.text_encoder = text_encoder
         self.model = model
@@ -67,7 +71,7 @@ class Retriever:
         """Open an index folder with the model it was built with (or `model_dir`, which must match it)."""
         from index_store import backend_for
 
-        from retrieval.index.build import index_identity, load_model
+        from retrieval.learn.model import index_identity, load_model
         from retrieval.encoders import build_text_encoder
 
         model = load_model(model_dir)

@@ -200,7 +200,7 @@ def test_real_face_finder_handles_odd_images() -> None:
 
 @pytest.mark.slow
 def test_shipped_detector_gives_a_probability_for_every_odd_image() -> None:
-    from retrieval.index.build import load_model
+    from retrieval.learn.model import load_model
 
     model = load_model("default")
     runtime = DetectorRuntime(model.detector)

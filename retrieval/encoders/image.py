@@ -192,7 +192,7 @@ class ConcatImageEncoder:
 
     def embed_batch(self, items: Sequence[Any]) -> FloatArray:
         from retrieval.encoders import part_weight
-        from retrieval.learn.projection import l2n
+        from retrieval.vectors import l2n
 
         if not len(items):
             return np.zeros((0, self.dim), np.float32)

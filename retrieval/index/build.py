@@ -5,38 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.encoders import build_image_encoder
-
-
-def default_model_dir() -> Path:
-    from retrieval.config import DEFAULT_MODEL_DIR
-
-    return DEFAULT_MODEL_DIR
-
-
-def index_identity(model: Any) -> dict[str, Any]:
-    """What an index is only valid for: the encoders and heads that produced its vectors (manifest + load check)."""
-    c = model.config
-    return {"image_encoder": c.image_encoder, "image_encoder_sha": c.image_encoder_checksum,
-            "text_encoder": c.text_encoder, "text_encoder_sha": c.text_encoder_checksum,
-            "model_id": c.model_id, "dim": int(model.dim), "metric": "ip"}
-
-
-def resolve_model_dir(model_dir: str | Path | None = None) -> Path:
-    """A model folder path; None -> the shipped default; "default"/"light" -> the shipped ones unless such a folder exists."""
-    from retrieval.config import PACKAGED_MODELS
-
-    if model_dir is None:
-        return default_model_dir()
-    if not Path(model_dir).exists() and str(model_dir) in PACKAGED_MODELS:
-        return PACKAGED_MODELS[str(model_dir)]
-    return Path(model_dir)
-
-
-def load_model(model_dir: str | Path | None = None) -> Any:
-    """The heads model folder (see `resolve_model_dir`)."""
-    from retrieval.learn.model import RetrievalModel
-
-    return RetrievalModel.load(resolve_model_dir(model_dir))
+from retrieval.learn.model import index_identity, load_model
 
 
 def child_detector(model: Any, max_megapixels: float | None = 100.0) -> Any:

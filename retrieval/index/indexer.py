@@ -19,13 +19,14 @@ import pandas as pd
 
 from index_store import FLAT_MAX, IndexReader, backend_for
 from retrieval import __version__
-from retrieval.hashing import sha256_file
-from retrieval.index.embed import EmbeddingCache, iter_embedded
-from retrieval.policy.review import REVIEW_DIR
 from retrieval.encoders.base import FloatArray, ImageEncoder
 from retrieval.errors import DatasetError, IndexNotFoundError, IndexOutdatedError
+from retrieval.hashing import sha256_file
+from retrieval.index.embed import EmbeddingCache, iter_embedded
 from retrieval.index.fs import FileEntry, check_images_root, walk_images
 from retrieval.index.imageio import DEFAULT_MAX_MEGAPIXELS, IMAGE_EXTENSIONS
+from retrieval.policy.review import REVIEW_DIR
+from retrieval.vectors import l2n
 
 #: Manifest keys that must match for the previous index's vectors to be reused.
 _REUSE_KEYS = ("image_encoder", "image_encoder_sha", "model_id")
@@ -277,4 +278,4 @@ def _sha_or_none(path: Path) -> str | None:
 def _unit(vectors: FloatArray, n: int) -> FloatArray:
     if vectors.ndim != 2 or vectors.shape[0] != n:
         raise ValueError(f"project() must return ({n}, d) vectors, got shape {vectors.shape}")
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return l2n(vectors)

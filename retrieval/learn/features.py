@@ -158,7 +158,7 @@ def combine_image_features(
     """Same features the live encoder gives: mean over views per part; "+"-joined parts L2-normalised (times
     `part_weight`), concatenated."""
     from retrieval.encoders import part_views, part_weight
-    from retrieval.learn.projection import l2n
+    from retrieval.vectors import l2n
 
     parts = image_encoder.split("+")
     names: list[str] = []

@@ -11,14 +11,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from retrieval.vectors import l2n
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
-
-
-def l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.learn.projection import l2n
+from retrieval.vectors import l2n
 
 FloatArray = npt.NDArray[np.float32]
 

@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from retrieval.errors import ModelMismatchError
 from retrieval.policy.lexicon import mentions_child
+from retrieval.vectors import l2n
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -31,8 +32,7 @@ __all__ = ["LinearProbe", "LabelledQueries", "train_text_probe", "train_image_pr
 
 
 def _l2(x: npt.ArrayLike) -> FloatArray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return l2n(np.asarray(x, np.float32))
 
 
 def _sigmoid(z: npt.NDArray[np.float64]) -> FloatArray:

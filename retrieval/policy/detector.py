@@ -23,7 +23,7 @@ import numpy.typing as npt
 from retrieval.errors import DetectorUnavailableError, ModelMismatchError
 from retrieval.policy.classifiers import LinearProbe
 from retrieval.policy.faces import Face
-from retrieval.learn.projection import l2n
+from retrieval.vectors import l2n
 
 FloatArray = npt.NDArray[np.float32]
 

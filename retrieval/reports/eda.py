@@ -172,7 +172,7 @@ def _policy_section(data_dir: Path, folder: Path) -> tuple[_Plot, dict[str, str]
     """Child-image probe precision-recall (image-grouped out-of-fold) + query blocking on the held-out phrasings.
 
     Uses the shipped default model's encoders; features come from the embedding cache after `retrieve train`."""
-    from retrieval.index.build import load_model
+    from retrieval.learn.model import load_model
     from retrieval.config import REPO_ROOT
     from retrieval.policy.train import evaluate_policy
 
