@@ -23,6 +23,7 @@ import numpy as np
 from retrieval.config import cache_dir
 from retrieval.encoders.base import FloatArray
 from retrieval.errors import EncoderUnavailableError
+from retrieval.hashing import cached_sha256_file
 from retrieval.limits import SINGLE_THREAD_MAX_TEXTS
 
 #: Env var choosing the text backend: "openvino" (default where installed), "numpy" or "transformers" (reference).
@@ -114,9 +115,7 @@ def _model_root(folder: Path) -> Path:
 def _weights_sha(folder: Path) -> str:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
-            from retrieval.encoders.image import _cached_sha
-
-            return _cached_sha(str(folder / name))
+            return cached_sha256_file(str(folder / name))
     return hashlib.sha256(str(folder).encode()).hexdigest()
 
 

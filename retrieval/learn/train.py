@@ -21,10 +21,10 @@ import numpy as np
 from retrieval.learn.features import CourseEmbeddings, course_embeddings
 from retrieval.learn.model import ModelConfig, RetrievalModel
 from retrieval.learn.projection import LinearProjection, Pairs, fit_cca, fit_contrastive
-from retrieval.learn.reranker import (CaptionMemory, Reranker, build_memory, fit_calibration, fit_listwise, fit_logistic,
-                                logit_grid, pair_features)
-from retrieval.learn.validation import (CoursePairs, course_pairs, image_folds, mean_metrics, reranker_quality,
-                                  restricted_images, retrieval_metrics, train_mask_for)
+from retrieval.learn.reranker import (CaptionMemory, Reranker, build_memory, fit_calibration, fit_listwise,
+                                      fit_logistic, logit_grid, pair_features)
+from retrieval.learn.validation import (CoursePairs, RowKind, course_pairs, image_folds, mean_metrics,
+                                        reranker_quality, restricted_images, retrieval_metrics, train_mask_for)
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0+efficientnet-lite2+efficientnet-lite2-hires"
 DEFAULT_TEXT_ENCODER = "all-mpnet-base-v2"
@@ -119,7 +119,9 @@ def _fit_head(X: np.ndarray, target: np.ndarray, weight: np.ndarray, lists: list
 
 
 def _row_weights(rows: "Rows", cfg: HeadConfig) -> np.ndarray:
-    return np.select([rows.kind == 2, rows.kind == 3], [cfg.expert_row_weight, cfg.crowd_row_weight], cfg.caption_row_weight)
+    """Fit weight of each reranker row by kind (own captions and mismatches share `caption_row_weight`)."""
+    return np.select([rows.kind == RowKind.EXPERT, rows.kind == RowKind.CROWD],
+                     [cfg.expert_row_weight, cfg.crowd_row_weight], cfg.caption_row_weight)
 
 
 def _caption_pairs(cp: CoursePairs, img_ok: np.ndarray, txt_ok: np.ndarray) -> Pairs:
@@ -129,8 +131,7 @@ def _caption_pairs(cp: CoursePairs, img_ok: np.ndarray, txt_ok: np.ndarray) -> P
 
 @dataclass(frozen=True)
 class Rows:
-    """Reranker rows: (image, text, soft target, kind) with kind 0 own caption, 1 negative, 2 expert, 3 crowd;
-    gid = row of the graded pair in CoursePairs (-1 otherwise)."""
+    """Reranker rows: (image, text, soft target, `RowKind`); gid = row of the graded pair in CoursePairs (-1 otherwise)."""
 
     img: np.ndarray
     txt: np.ndarray
@@ -149,12 +150,14 @@ def reranker_rows(cp: CoursePairs, images: np.ndarray, rng: np.random.Generator,
     nt = pt[rng.integers(0, len(pt), len(ni))] if len(pt) else np.zeros(0, np.int64)
     keep = cp.text_owner[nt] != ni
     gm = in_set[cp.graded_img]
-    kind_g = np.where(np.array(cp.graded_source) == "expert", 2, 3)[gm] if len(cp.graded_source) else np.zeros(0, int)
+    kind_g = (np.where(np.array(cp.graded_source) == "expert", RowKind.EXPERT, RowKind.CROWD)[gm]
+              if len(cp.graded_source) else np.zeros(0, int))
     return Rows(
         img=np.concatenate([pi, ni[keep], cp.graded_img[gm]]),
         txt=np.concatenate([pt, nt[keep], cp.graded_txt[gm]]),
         target=np.concatenate([np.ones(len(pi)), np.zeros(int(keep.sum())), cp.graded_target[gm]]).astype(np.float32),
-        kind=np.concatenate([np.zeros(len(pi), int), np.ones(int(keep.sum()), int), kind_g]),
+        kind=np.concatenate([np.full(len(pi), RowKind.CAPTION, int), np.full(int(keep.sum()), RowKind.NEGATIVE, int),
+                             kind_g]).astype(int),
         gid=np.concatenate([np.full(len(pi) + int(keep.sum()), -1), np.flatnonzero(gm)]),
     )
 
@@ -178,10 +181,83 @@ def _child_flags(texts: Sequence[str]) -> np.ndarray:
     return np.asarray(mentions_child(list(texts)), bool)
 
 
-def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text_child: np.ndarray,
-                   restricted: np.ndarray, rule: bool, cfg: HeadConfig, seed: int,
-                   progress: Progress | None = None) -> tuple[dict[str, Any], np.ndarray, Rows, np.ndarray, np.ndarray]:
-    """Returns (metrics, OOF features, rows, OOF keys per blend (n_blend, n_rows), fold id per row)."""
+@dataclass(frozen=True)
+class TrainingSet:
+    """The course data embedded once, with the labels every step reads.
+
+    Attributes:
+        cp: the pairs the heads learn from (extra captions optional); ev: the pairs every number is measured on.
+        text_child: per text, it mentions a child; caption_restricted: per image, a caption mentions a child.
+        labels: per image, its visual label (child / none / unsure; the caption rule where nobody looked).
+        restricted: per image, the training rule drops it (label not none, or forced by the caller).
+        policy_splits: folds of the policy heads (each needs child and child-free images; < 2 skips them).
+        rule: the training-data rule is on.
+    """
+
+    data_dir: Path
+    emb: CourseEmbeddings
+    cp: CoursePairs
+    ev: CoursePairs
+    text_child: np.ndarray
+    caption_restricted: np.ndarray
+    labels: list[str]
+    restricted: np.ndarray
+    policy_splits: int
+    rule: bool
+
+
+def load_training_set(data_dir: Path | str, extra_captions: bool = True, keep_restricted: bool = False,
+                      image_encoder: str = DEFAULT_IMAGE_ENCODER, text_encoder: str = DEFAULT_TEXT_ENCODER,
+                      views: Sequence[str] = DEFAULT_VIEWS, is_restricted_image: np.ndarray | None = None,
+                      say: Progress = lambda _m: None) -> TrainingSet:
+    data_dir = Path(data_dir)
+    say(f"embedding course data with {image_encoder} {list(views)} / {text_encoder} (cached after the first run)")
+    emb = course_embeddings(data_dir, image_encoder, text_encoder, tuple(views),
+                            progress=lambda s, d, n: say(f"  {s}: {d}/{n}") if d == n else None)
+    cp = course_pairs(data_dir, emb, extra_captions=extra_captions)
+    ev = course_pairs(data_dir, emb, extra_captions=True)
+    text_child = _child_flags(emb.texts)
+    caption_restricted = restricted_images(ev, text_child)
+    labels = _visual_or_caption_labels(emb.image_names, caption_restricted)
+    restricted = np.asarray([lab != "none" for lab in labels], bool)
+    policy_splits = int(min(5, restricted.sum(), (~restricted).sum()))  # before any caller override
+    if is_restricted_image is not None:
+        restricted = restricted | np.asarray(is_restricted_image, bool)
+    rule = not keep_restricted
+    say(f"{len(emb.image_names)} images ({int(restricted.sum())} restricted), {len(emb.texts)} texts "
+        f"({int(text_child.sum())} mention children); training rule {'ON' if rule else 'OFF'}")
+    return TrainingSet(data_dir, emb, cp, ev, text_child, caption_restricted, labels, restricted, policy_splits, rule)
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """Out-of-fold results of the heads, per reranker row.
+
+    Attributes:
+        metrics: JSON-able numbers ("n_folds", "rule", "blends": per blend retrieval and score quality).
+        X: pair features; rows: what each row is; fold_id: its validation fold.
+        keys: (n_blend, n_rows) ranking keys a*logit + b*cosine; oof_prob: their calibrated scores.
+        lists: listwise training lists of every fold (the final head learns from all of them).
+    """
+
+    metrics: dict[str, Any]
+    X: np.ndarray
+    rows: Rows
+    keys: np.ndarray
+    fold_id: np.ndarray
+    oof_prob: np.ndarray
+    lists: list[tuple[np.ndarray, np.ndarray]]
+
+    def allowed(self, ts: TrainingSet) -> np.ndarray:
+        """Rows the training rule keeps (all rows when the rule is off)."""
+        if not ts.rule:
+            return np.ones(len(self.rows.img), bool)
+        return ~ts.restricted[self.rows.img] & ~ts.text_child[self.rows.txt]
+
+
+def cross_validate(ts: TrainingSet, cfg: HeadConfig, seed: int, progress: Progress | None = None) -> CrossValidation:
+    """Image-grouped K-fold: projections and reranker refitted per fold, every number out of fold."""
+    emb, cp, ev, text_child, restricted, rule = ts.emb, ts.cp, ts.ev, ts.text_child, ts.restricted, ts.rule
     folds = image_folds(cp.n_images, min(cfg.n_folds, cp.n_images), seed)
     rng = np.random.default_rng(seed)
     fold_data, feats, rows_list, fold_of, lists = [], [], [], [], []
@@ -244,9 +320,7 @@ def cross_validate(emb: CourseEmbeddings, cp: CoursePairs, ev: CoursePairs, text
             "retrieval_non_child": mean_metrics([r[0] for r in res]), "retrieval_all": mean_metrics([r[1] for r in res]),
             "score": reranker_quality(ev, rows, prob, keys[j], X[:, 0], text_child, restricted, allowed),
         }
-    metrics["_oof_prob"] = probs  # popped by train_model (not JSON)
-    metrics["_lists"] = lists
-    return metrics, X, rows, keys, fold_id
+    return CrossValidation(metrics, X, rows, keys, fold_id, probs, lists)
 
 
 def _blend_name(a: float, b: float) -> str:
@@ -269,89 +343,119 @@ def choose_blend(metrics: dict[str, Any], blends: Sequence[tuple[float, float]],
     return best
 
 
+@dataclass(frozen=True)
+class FinalHeads:
+    """The projection and reranker fitted on every allowed training image, and what they were fitted on."""
+
+    projection: LinearProjection
+    reranker: Reranker
+    n_images: int
+    n_pairs: int
+    n_rows: int
+
+
+def fit_final_heads(ts: TrainingSet, cv: CrossValidation, blend: int, cfg: HeadConfig, seed: int,
+                    say: Progress = lambda _m: None) -> FinalHeads:
+    """Projection on all allowed caption pairs; reranker on all allowed rows, calibrated on the out-of-fold keys of
+    the chosen blend (so the shipped score is calibrated on numbers it did not see)."""
+    allowed = cv.allowed(ts)
+    img_ok = ~ts.restricted if ts.rule else np.ones(ts.cp.n_images, bool)
+    txt_ok = ~ts.text_child if ts.rule else np.ones(ts.cp.n_texts, bool)
+    pairs = _caption_pairs(ts.cp, img_ok, txt_ok)
+    say(f"final heads on {len(np.unique(pairs.img))} images / {len(pairs.img)} pairs")
+    proj = fit_projection(ts.emb.image_feats, ts.emb.text_feats, pairs, cfg, seed)
+    weight = _row_weights(cv.rows, cfg)
+    fit_rows = allowed & (weight > 0)
+    coef, icpt = _fit_head(cv.X[fit_rows], cv.rows.target[fit_rows], weight[fit_rows], cv.lists, cfg, seed)
+    reranker = Reranker(coef.astype(np.float32), icpt,
+                        fit_calibration(cv.keys[blend, allowed], cv.rows.target[allowed]),
+                        caption_memory(ts.emb, proj, pairs, cfg))
+    return FinalHeads(proj, reranker, int(len(np.unique(pairs.img))), int(len(pairs.img)), int(allowed.sum()))
+
+
+@dataclass(frozen=True)
+class PolicyHeads:
+    """The child detector (with its out-of-fold metrics) and the child text probe; None where skipped."""
+
+    detector: Any
+    detector_metrics: dict[str, Any]
+    text_probe: Any
+
+
+def fit_policy_heads(ts: TrainingSet, text_encoder: str, seed: int, say: Progress = lambda _m: None) -> PolicyHeads:
+    detector, det_metrics = _detector(ts.data_dir, ts.emb, ts.labels, ts.caption_restricted, ts.policy_splits, seed, say)
+    text_probe = _text_probe(ts.emb, ts.text_child, ts.policy_splits, seed, say, text_encoder)
+    return PolicyHeads(detector, det_metrics, text_probe)
+
+
+def validation_summary(cv: CrossValidation, blend: tuple[float, float]) -> dict[str, Any]:
+    """The metrics JSON of a training run: every blend, plus the chosen key's and plain cosine's numbers."""
+    metrics = dict(cv.metrics)
+    name = _blend_name(*blend)
+    metrics["score_key"] = name
+    metrics["rank_key"] = name
+    metrics["validation"] = {"retrieval_non_child": metrics["blends"][name]["retrieval_non_child"],
+                             "retrieval_all": metrics["blends"][name]["retrieval_all"],
+                             "score": metrics["blends"][name]["score"]}
+    metrics["validation_cosine"] = metrics["blends"][_blend_name(0.0, 1.0)]
+    return metrics
+
+
+def model_config(ts: TrainingSet, heads: FinalHeads, policy: PolicyHeads, blend: tuple[float, float],
+                 metrics: dict[str, Any], image_encoder: str, text_encoder: str, views: Sequence[str],
+                 extra_captions: bool, keep_restricted: bool, seed: int, cfg: HeadConfig) -> ModelConfig:
+    from retrieval.encoders import build_image_encoder, build_text_encoder
+
+    ienc = build_image_encoder(image_encoder, views=tuple(views))
+    tenc = build_text_encoder(text_encoder)
+    return ModelConfig(
+        image_encoder=image_encoder, image_encoder_checksum=ienc.checksum(), image_views=tuple(views),
+        text_encoder=text_encoder, text_encoder_checksum=tenc.checksum(), image_dim=int(ts.emb.image_feats.shape[1]),
+        text_dim=int(ts.emb.text_feats.shape[1]), dim=heads.projection.dim,
+        method="cca" + ("+infonce" if cfg.contrastive_epochs else ""),
+        rank_logit_weight=float(blend[0]), rank_cos_weight=float(blend[1]), seed=seed,
+        child_image_threshold=float(policy.detector.threshold) if policy.detector is not None else 0.5,
+        child_text_threshold=float(policy.text_probe.threshold) if policy.text_probe is not None else 0.5,
+        training={"data_fingerprint": data_fingerprint(ts.data_dir), "extra_captions": extra_captions,
+                  "keep_restricted": keep_restricted, "n_images": heads.n_images, "n_pairs": heads.n_pairs,
+                  "n_reranker_rows": heads.n_rows, "heads": {k: v for k, v in vars(cfg).items()}},
+        validation=metrics, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
 def train_model(
     data_dir: Path | str, out_dir: Path | str, extra_captions: bool = True, seed: int = 0, keep_restricted: bool = False,
     image_encoder: str = DEFAULT_IMAGE_ENCODER, text_encoder: str = DEFAULT_TEXT_ENCODER,
     views: Sequence[str] = DEFAULT_VIEWS, progress: Progress | None = None, cfg: HeadConfig = HeadConfig(),
     is_restricted_image: np.ndarray | None = None, reliability_png: Path | str | None = None,
 ) -> dict[str, Any]:
-    """K-fold validation, then final heads on all allowed images; writes the model folder atomically."""
+    """The training pipeline: data -> K-fold validation -> blend choice -> final heads -> policy heads -> save.
+    Writes the model folder atomically and returns the metrics (JSON-able)."""
+    from retrieval.learn.reranker import plot_reliability
+
     say = progress or (lambda _m: None)
     t0 = time.time()
-    data_dir = Path(data_dir)
-    say(f"embedding course data with {image_encoder} {list(views)} / {text_encoder} (cached after the first run)")
-    emb = course_embeddings(data_dir, image_encoder, text_encoder, tuple(views),
-                            progress=lambda s, d, n: say(f"  {s}: {d}/{n}") if d == n else None)
-    cp = course_pairs(data_dir, emb, extra_captions=extra_captions)
-    ev = course_pairs(data_dir, emb, extra_captions=True)
-    text_child = _child_flags(emb.texts)
-    caption_restricted = restricted_images(ev, text_child)
-    labels = _visual_or_caption_labels(emb.image_names, caption_restricted)
-    restricted = np.asarray([lab != "none" for lab in labels], bool)
-    # folds of the policy heads: each needs child and child-free images (visual / caption labels, before any override)
-    n_splits = int(min(5, restricted.sum(), (~restricted).sum()))
-    if is_restricted_image is not None:
-        restricted = restricted | np.asarray(is_restricted_image, bool)
-    rule = not keep_restricted
-    say(f"{len(emb.image_names)} images ({int(restricted.sum())} restricted), {len(emb.texts)} texts "
-        f"({int(text_child.sum())} mention children); training rule {'ON' if rule else 'OFF'}")
-    metrics, X, rows, keys, fold_id = cross_validate(emb, cp, ev, text_child, restricted, rule, cfg, seed, say)
-    oof_prob = metrics.pop("_oof_prob")
-    lists = metrics.pop("_lists")
-    allowed = ~restricted[rows.img] & ~text_child[rows.txt] if rule else np.ones(len(rows.img), bool)
+    ts = load_training_set(data_dir, extra_captions, keep_restricted, image_encoder, text_encoder, views,
+                           is_restricted_image, say)
+    cv = cross_validate(ts, cfg, seed, say)
     # One key ranks AND scores: key = a * logit + b * cosine, the blend with the best taus among those that do not
     # lower non-child R@1/5/10 against plain cosine (beyond cfg.recall_tolerance); score = isotonic(key). So hits
     # sorted by rank are sorted by their calibrated score too.
-    r = choose_blend(metrics, cfg.blends, cfg.recall_tolerance)
-    j = r
-    rank_a, rank_b = cfg.blends[r]
-    if reliability_png is not None:
-        from retrieval.learn.reranker import plot_reliability
-
-        plot_reliability(oof_prob[j, allowed], rows.target[allowed], reliability_png)
-    metrics["score_key"] = _blend_name(rank_a, rank_b)
-    metrics["rank_key"] = _blend_name(rank_a, rank_b)
-    metrics["validation"] = {"retrieval_non_child": metrics["blends"][metrics["rank_key"]]["retrieval_non_child"],
-                             "retrieval_all": metrics["blends"][metrics["rank_key"]]["retrieval_all"],
-                             "score": metrics["blends"][metrics["score_key"]]["score"]}
-    metrics["validation_cosine"] = metrics["blends"][_blend_name(0.0, 1.0)]
-    img_ok = ~restricted if rule else np.ones(cp.n_images, bool)
-    txt_ok = ~text_child if rule else np.ones(cp.n_texts, bool)
-    pairs = _caption_pairs(cp, img_ok, txt_ok)
-    say(f"final heads on {len(np.unique(pairs.img))} images / {len(pairs.img)} pairs")
-    proj = fit_projection(emb.image_feats, emb.text_feats, pairs, cfg, seed)
-    weight = _row_weights(rows, cfg)
-    fit_rows = allowed & (weight > 0)
-    coef, icpt = _fit_head(X[fit_rows], rows.target[fit_rows], weight[fit_rows], lists, cfg, seed)
-    reranker = Reranker(coef.astype(np.float32), icpt, fit_calibration(keys[j, allowed], rows.target[allowed]),
-                        caption_memory(emb, proj, pairs, cfg))
-    detector, det_metrics = _detector(data_dir, emb, labels, caption_restricted, n_splits, seed, say)
-    if det_metrics:
-        metrics["child_detector"] = det_metrics
-    text_probe = _text_probe(emb, text_child, n_splits, seed, say, text_encoder)
-    from retrieval.encoders import build_image_encoder, build_text_encoder
-
-    ienc = build_image_encoder(image_encoder, views=tuple(views))
-    tenc = build_text_encoder(text_encoder)
-    config = ModelConfig(
-        image_encoder=image_encoder, image_encoder_checksum=ienc.checksum(), image_views=tuple(views),
-        text_encoder=text_encoder, text_encoder_checksum=tenc.checksum(), image_dim=int(emb.image_feats.shape[1]),
-        text_dim=int(emb.text_feats.shape[1]), dim=proj.dim, method="cca" + ("+infonce" if cfg.contrastive_epochs else ""),
-        rank_logit_weight=float(rank_a), rank_cos_weight=float(rank_b), seed=seed,
-        child_image_threshold=float(detector.threshold) if detector is not None else 0.5,
-        child_text_threshold=float(text_probe.threshold) if text_probe is not None else 0.5,
-        training={"data_fingerprint": data_fingerprint(data_dir), "extra_captions": extra_captions,
-                  "keep_restricted": keep_restricted, "n_images": int(len(np.unique(pairs.img))),
-                  "n_pairs": int(len(pairs.img)), "n_reranker_rows": int(allowed.sum()),
-                  "heads": {k: v for k, v in vars(cfg).items()}},
-        validation=metrics, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-    model = RetrievalModel(config, proj, reranker, detector, text_probe)
+    j = choose_blend(cv.metrics, cfg.blends, cfg.recall_tolerance)
+    blend = cfg.blends[j]
+    metrics = validation_summary(cv, blend)
+    heads = fit_final_heads(ts, cv, j, cfg, seed, say)
+    policy = fit_policy_heads(ts, text_encoder, seed, say)
+    if policy.detector_metrics:
+        metrics["child_detector"] = policy.detector_metrics
+    config = model_config(ts, heads, policy, blend, metrics, image_encoder, text_encoder, views, extra_captions,
+                          keep_restricted, seed, cfg)
+    model = RetrievalModel(config, heads.projection, heads.reranker, policy.detector, policy.text_probe)
     model.save(out_dir)
-    if reliability_png is None:  # the reliability diagram of the shipped score travels with the model
-        from retrieval.learn.reranker import plot_reliability
-
-        plot_reliability(oof_prob[j, allowed], rows.target[allowed], Path(out_dir) / "reliability.png")
+    allowed = cv.allowed(ts)
+    # the reliability diagram of the shipped score travels with the model (or goes where the caller asked)
+    plot_reliability(cv.oof_prob[j, allowed], cv.rows.target[allowed],
+                     reliability_png if reliability_png is not None else Path(out_dir) / "reliability.png")
     metrics["model_id"] = model.config.model_id
     metrics["seconds"] = round(time.time() - t0, 1)
     say(f"saved {out_dir} (model_id {model.config.model_id[:12]})")

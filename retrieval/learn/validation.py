@@ -8,8 +8,9 @@ out of training for that fold.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +20,15 @@ from retrieval.learn.features import CourseEmbeddings, read_extra_captions, read
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 FloatArray = npt.NDArray[np.float32]
+
+
+class RowKind(IntEnum):
+    """What a reranker row is: an image's own caption, a mismatched caption, an expert grade, a crowd vote."""
+
+    CAPTION = 0
+    NEGATIVE = 1
+    EXPERT = 2
+    CROWD = 3
 
 
 @dataclass(frozen=True)
@@ -155,17 +165,17 @@ def reranker_quality(ev: CoursePairs, rows: "Any", prob: np.ndarray, key: np.nda
     nc = ~restricted[rows.img] & ~text_child[rows.txt]
     own = ev.text_owner[rows.txt] == rows.img
     out: dict[str, float] = {}
-    exp = (rows.kind == 2) & nc & ~own
+    exp = (rows.kind == RowKind.EXPERT) & nc & ~own
     grades = ev.graded_raw[rows.gid[exp]]
     for name, s in (("", key), ("_calibrated", prob), ("_cosine", cos)):
         x = np.repeat(s[exp], 3)
         out[f"expert_tau_c{name}"] = float(kendalltau(x, grades.reshape(-1), variant="c")[0]) if exp.sum() > 1 else float("nan")
-    crowd = (rows.kind == 3) & nc
+    crowd = (rows.kind == RowKind.CROWD) & nc
     for name, s in (("", key), ("_calibrated", prob), ("_cosine", cos)):
         out[f"crowd_tau_b{name}"] = float(kendalltau(s[crowd], rows.target[crowd], variant="b")[0]) if crowd.sum() > 1 else float("nan")
     out["ece"] = ece(prob[allowed], rows.target[allowed])
     out["brier"] = brier(prob[allowed], rows.target[allowed])
-    for kind, name in ((2, "expert"), (3, "crowd")):
+    for kind, name in ((RowKind.EXPERT, "expert"), (RowKind.CROWD, "crowd")):
         m = allowed & (rows.kind == kind)
         out[f"ece_{name}"] = ece(prob[m], rows.target[m]) if m.any() else float("nan")
         out[f"brier_{name}"] = brier(prob[m], rows.target[m]) if m.any() else float("nan")
@@ -173,6 +183,3 @@ def reranker_quality(ev: CoursePairs, rows: "Any", prob: np.ndarray, key: np.nda
     out["n_crowd_pairs"] = int(crowd.sum())
     return out
 
-
-#: fit(train image rows allowed, train text rows allowed) -> (project_images, project_texts) callables
-FitFn = Callable[[BoolArray, BoolArray], tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]]
