@@ -6,10 +6,20 @@ atomically (`store`); the interface a backend offers (`backend`: `IndexReader`, 
 """
 from __future__ import annotations
 
-from index_store.ann import FLAT_MAX, build_ann
-from index_store.backend import IndexBackend, IndexReader, backend_for
-from index_store.manifest import FORMAT_VERSION, IDENTITY_KEYS, Manifest
-from index_store.store import META_COLUMNS, IndexStore, LoadedIndex
+import importlib
+from typing import Any
 
-__all__ = ["FLAT_MAX", "FORMAT_VERSION", "IDENTITY_KEYS", "META_COLUMNS", "IndexBackend", "IndexReader", "IndexStore",
-           "LoadedIndex", "Manifest", "backend_for", "build_ann"]
+#: name -> submodule; loaded on first use so `index_store.errors` (imported by every CLI start) stays cheap.
+_EXPORTS = {
+    "FLAT_MAX": "ann", "build_ann": "ann",
+    "IndexBackend": "backend", "IndexReader": "backend", "backend_for": "backend",
+    "FORMAT_VERSION": "manifest", "IDENTITY_KEYS": "manifest", "Manifest": "manifest",
+    "META_COLUMNS": "store", "IndexStore": "store", "LoadedIndex": "store",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'index_store' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"index_store.{_EXPORTS[name]}"), name)

@@ -12,9 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from index_store import backend_for
 from retrieval.errors import InvalidQueryError, RetrievalError
+from retrieval.hashing import sha256_file
+from retrieval.learn.model import index_identity, load_model
 from retrieval.policy.operator import IndexPolicy
-from retrieval.policy.review import Decision, ReviewStore, check_decision, default_operator, now_iso
+from retrieval.policy.queue import calibration, expected_gain, review_queue
+from retrieval.policy.refit import REFIT_FILE, Refit, RefitRefusedError, fit_refit
+from retrieval.policy.review import REVIEW_DIR, Decision, ReviewStore, check_decision, default_operator, now_iso
 
 
 @dataclass
@@ -28,9 +33,7 @@ class OpenedIndex:
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "OpenedIndex":
-        from index_store import backend_for
 
-        from retrieval.learn.model import index_identity, load_model
 
         model = load_model(model_dir)
         store = backend_for(Path(index_dir)).load(expect=index_identity(model))
@@ -65,7 +68,6 @@ def find_row(opened: OpenedIndex, image: str | os.PathLike[str] | None = None, r
         if len(hit):
             return int(hit[0])
     if path.is_file():
-        from retrieval.hashing import sha256_file
 
         rows = opened.policy.rows_of(sha256_file(path))
         if rows:
@@ -105,7 +107,6 @@ def decide_row(opened: OpenedIndex, row: int, decision: str, operator: str | Non
 
 def list_decisions(index_dir: str | Path) -> list[dict[str, Any]]:
     """Every decision with where the image is in the index now (None when it is not in this index)."""
-    from index_store import backend_for
 
     store = backend_for(Path(index_dir)).load()
     where: dict[str, tuple[int, str]] = {}
@@ -122,7 +123,6 @@ def list_decisions(index_dir: str | Path) -> list[dict[str, Any]]:
 def next_for_review(index_dir: str | Path, n: int = 20, model_dir: str | Path | None = None,
                     opened: OpenedIndex | None = None) -> list[dict[str, Any]]:
     """The `n` unreviewed images whose answer would help most (`policy.queue`), best first."""
-    from retrieval.policy.queue import calibration, expected_gain, review_queue
 
     if n <= 0:
         raise InvalidQueryError(f"--next needs a positive count, got {n}; pass e.g. --next 20")
@@ -146,7 +146,6 @@ def refit(index_dir: str | Path, model_dir: str | Path | None = None, dry_run: b
           operator: str | None = None) -> dict[str, Any]:
     """Refit the image policy on the decisions (+ training rows), re-score every row, report what changed, and
     (unless `dry_run`) save it atomically. RefitRefusedError (nothing written) when recall would fall short."""
-    from retrieval.policy.refit import RefitRefusedError, Refit, fit_refit
 
     opened = OpenedIndex.open(index_dir, model_dir)
     pol = opened.policy
@@ -176,7 +175,6 @@ def refit(index_dir: str | Path, model_dir: str | Path | None = None, dry_run: b
     if not dry_run:
         from dataclasses import replace
 
-        from index_store import backend_for
 
         with backend_for(opened.folder).lock():
             replace(new, report=report).save(opened.folder)
@@ -186,10 +184,7 @@ def refit(index_dir: str | Path, model_dir: str | Path | None = None, dry_run: b
 
 def undo_refit(index_dir: str | Path, operator: str | None = None) -> bool:
     """Remove the refit (back to the detector's own fusion and threshold); logged. False when there was none."""
-    from index_store import backend_for
 
-    from retrieval.policy.refit import REFIT_FILE
-    from retrieval.policy.review import REVIEW_DIR
 
     path = Path(index_dir) / REVIEW_DIR / REFIT_FILE
     store = ReviewStore(index_dir)

@@ -11,12 +11,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from retrieval.atomic import write_text
+from retrieval.encoders import build_image_encoder, build_text_encoder
 from retrieval.errors import DatasetError, ImageDecodeError, InvalidQueryError
+from retrieval.index.imageio import load_image
 from retrieval.learn.model import RetrievalModel
 
 
 def _encoders(model: RetrievalModel) -> tuple[Any, Any]:
-    from retrieval.encoders import build_image_encoder, build_text_encoder
 
     cfg = model.config
     ienc = build_image_encoder(cfg.image_encoder, views=tuple(cfg.image_views))
@@ -26,7 +28,6 @@ def _encoders(model: RetrievalModel) -> tuple[Any, Any]:
 
 
 def _load(path: Path) -> Any:
-    from retrieval.index.imageio import load_image
 
     return load_image(path)
 
@@ -100,6 +101,5 @@ def read_pairs(path: Path | str) -> pd.DataFrame:
 
 def write_scores(scores: pd.DataFrame, path: Path | str) -> Path:
     """Atomic CSV write (temp file in the same folder, then os.replace)."""
-    from retrieval.atomic import write_text
 
     return write_text(path, scores.to_csv(index=False))

@@ -28,11 +28,12 @@ def spy(monkeypatch):
         return real(result, policy)
 
     monkeypatch.setattr(policy_apply, "apply_policy", wrapped)
+    import retrieval.reports.evaluate as evaluate_mod
     import retrieval.server.app as app_mod
     import retrieval.server.images as img_mod
 
-    monkeypatch.setattr(app_mod, "apply_policy", wrapped)
-    monkeypatch.setattr(img_mod, "apply_policy", wrapped)
+    for mod in (app_mod, img_mod, evaluate_mod):  # modules that import apply_policy by name
+        monkeypatch.setattr(mod, "apply_policy", wrapped)
     return calls
 
 

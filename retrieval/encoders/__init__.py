@@ -11,9 +11,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from retrieval.encoders.base import FloatArray, ImageEncoder, TextEncoder, encode_images
+from retrieval.encoders.image import part_views, part_weight
 
 __all__ = ["FloatArray", "ImageEncoder", "TextEncoder", "encode_images", "build_image_encoder", "build_text_encoder",
            "IMAGE_ENCODERS", "TEXT_ENCODERS", "part_views", "part_weight"]
@@ -24,7 +24,7 @@ TEXT_ENCODERS = ("all-mpnet-base-v2", "all-MiniLM-L6-v2", "bert-base-uncased", "
 
 
 def _one_image(name: str, weights: Path | None, views: Sequence[str], random_init: bool) -> ImageEncoder:
-    from retrieval.encoders import image
+    import retrieval.encoders.image as image
 
     if name.startswith("efficientnet-lite"):
         return image.efficientnet_lite(name, weights, views)  # refuses names outside LITE_VARIANTS
@@ -50,26 +50,9 @@ def build_image_encoder(
     return ConcatImageEncoder([_one_image(n, None, views, random_init) for n in names])  # type: ignore[list-item]
 
 
-def part_views(name: str, views: Sequence[str]) -> tuple[str, ...]:
-    """The views one part of an image encoder really uses: its own (e.g. the hires part's "full"), else `views`."""
-    from retrieval.encoders.image import LITE_VARIANTS
-
-    variant = LITE_VARIANTS.get(name)
-    return variant.views if variant is not None and variant.views else tuple(views)
-
-
-def part_weight(name: str) -> float:
-    """Norm of one part inside a "+"-joined encoder: sqrt(pooled blocks), 1 for a plain mean pool (see
-    `ConcatImageEncoder`); the course feature cache combines parts with the same weights."""
-    from retrieval.encoders.image import LITE_VARIANTS
-
-    variant = LITE_VARIANTS.get(name)
-    return float(np.sqrt(variant.blocks)) if variant is not None else 1.0
-
-
 @lru_cache(maxsize=8)
 def build_text_encoder(name: str, random_init: bool = False, max_tokens: int = 128) -> TextEncoder:
-    from retrieval.encoders import text
+    import retrieval.encoders.text as text
 
     if name == "fake-text":
         from retrieval.encoders.fake import FakeTextEncoder

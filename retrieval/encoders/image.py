@@ -191,7 +191,6 @@ class ConcatImageEncoder:
         return tuple(p.preprocess(image) for p in self.parts)
 
     def embed_batch(self, items: Sequence[Any]) -> FloatArray:
-        from retrieval.encoders import part_weight
         from retrieval.vectors import l2n
 
         if not len(items):
@@ -232,18 +231,11 @@ LITE_VARIANTS: dict[str, LiteVariant] = {
 }
 
 
-def lite_pool(head: Any, pool: str) -> Any:
-    """(B, C, H, W) head activations -> (B, C) mean pool, or (B, 2C) [mean, max] for "meanmax"."""
-    import torch
-
-    if pool == "mean":
-        return head.mean(dim=(2, 3))
-    return torch.cat([head.mean(dim=(2, 3)), head.amax(dim=(2, 3))], dim=1)
-
-
 def _lite_pooled(net: Any, pool: str) -> Any:
     """EfficientNet-Lite trunk + global pooling (the classifier is dropped)."""
     import torch
+
+    from retrieval.encoders.lite_fast import lite_pool
 
     class LitePooled(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
@@ -288,7 +280,7 @@ def efficientnet_lite(
 def _lite_fast(net: Any, size: int, pool: str, backend: str, threads: int | None
                ) -> tuple[Callable[[], Forward] | None, str]:
     """Resolve `backend` to (lazy builder of the fast forward, backend name actually used)."""
-    from retrieval.encoders import lite_fast
+    import retrieval.encoders.lite_fast as lite_fast
 
     if backend == "reference":
         return None, "reference"
@@ -380,3 +372,16 @@ def _torch_cache_weights(name: str) -> Path:
             f"{name} weights not in the torch cache ({path}); download {filename} once and pass --image-weights PATH"
         )
     return path
+
+
+def part_views(name: str, views: Sequence[str]) -> tuple[str, ...]:
+    """The views one part of an image encoder really uses: its own (e.g. the hires part's "full"), else `views`."""
+    variant = LITE_VARIANTS.get(name)
+    return variant.views if variant is not None and variant.views else tuple(views)
+
+
+def part_weight(name: str) -> float:
+    """Norm of one part inside a "+"-joined encoder: sqrt(pooled blocks), 1 for a plain mean pool (see
+    `ConcatImageEncoder`); the course feature cache combines parts with the same weights."""
+    variant = LITE_VARIANTS.get(name)
+    return float(np.sqrt(variant.blocks)) if variant is not None else 1.0

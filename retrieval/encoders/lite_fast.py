@@ -177,13 +177,20 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def lite_pool(head: Any, pool: str) -> Any:
+    """(B, C, H, W) head activations -> (B, C) mean pool, or (B, 2C) [mean, max] for "meanmax"."""
+    import torch
+
+    if pool == "mean":
+        return head.mean(dim=(2, 3))
+    return torch.cat([head.mean(dim=(2, 3)), head.amax(dim=(2, 3))], dim=1)
+
+
 def torch_module(spec: LiteSpec) -> Any:
     """Plain torch module for `spec` (eval, channels_last). Input (B,3,S,S) float32 -> pooled (B,1280 or 2560)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
-
-    from retrieval.encoders.image import lite_pool
 
     def make_conv(c: ConvSpec, pad_in_conv: bool) -> nn.Conv2d:
         o, i, kh, kw = c.weight.shape

@@ -179,7 +179,7 @@ class FastTextEncoder:
     or OpenVINO-compiled layers once `warm` has run (backend "openvino"); same outputs as HFTextEncoder."""
 
     def __init__(self, model_id: str, folder: Path, max_tokens: int = 128, openvino: bool = False) -> None:
-        from retrieval.encoders import text_fast
+        import retrieval.encoders.text_fast as text_fast
 
         self.id = model_id
         self.folder = folder

@@ -5,15 +5,16 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.encoders import build_image_encoder
+from retrieval.errors import DetectorUnavailableError, ImageDecodeError, ModelMismatchError
+from retrieval.index.imageio import load_image
+from retrieval.index.indexer import build_index
 from retrieval.learn.model import index_identity, load_model
+from retrieval.policy.detector import DetectorRuntime
 
 
 def child_detector(model: Any, max_megapixels: float | None = 100.0) -> Any:
     """`detect(entries, feats) -> [Detection]` for the indexer: decodes each file (EXIF-upright, any mode) and runs
     the model's child detector on it. Raises DetectorUnavailableError now, before any work, if a part cannot load."""
-    from retrieval.errors import DetectorUnavailableError, ImageDecodeError
-    from retrieval.index.imageio import load_image
-    from retrieval.policy.detector import DetectorRuntime
 
     if model.detector is None:
         raise DetectorUnavailableError("this model has no child detector; retrain it with `retrieve train`")
@@ -45,8 +46,6 @@ def build_index_with_model(
 
     `image_weights`: a weights file for the image encoder (e.g. ResNet offline); it must be the one the model was
     trained with (checked by checksum)."""
-    from retrieval.errors import ModelMismatchError
-    from retrieval.index.indexer import build_index
 
     model = load_model(model_dir)
     encoder = build_image_encoder(model.config.image_encoder, Path(image_weights) if image_weights else None,

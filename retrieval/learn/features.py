@@ -7,10 +7,9 @@ sizes for images, the text list for texts): a different checkpoint or data set n
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,6 +18,13 @@ import numpy.typing as npt
 
 from retrieval.atomic import atomic_path
 from retrieval.config import cache_dir
+from retrieval.data.course import load_course
+from retrieval.encoders import build_image_encoder, build_text_encoder, part_views, part_weight
+from retrieval.index.imageio import load_image
+from retrieval.policy.detector import CROP_CONTEXT, CROP_ENCODER, MAX_FACES, faces_and_crop_features, load_crop_encoder
+from retrieval.policy.detector_train import FaceTable
+from retrieval.policy.faces import FaceFinder
+from retrieval.vectors import l2n
 
 FloatArray = npt.NDArray[np.float32]
 #: progress(stage, done, total)
@@ -46,7 +52,6 @@ class CourseEmbeddings:
 @lru_cache(maxsize=4)
 def _course(data_dir: str) -> Any:
     """The validated course tables (`retrieval.data.course.load_course`), loaded once per folder and process."""
-    from retrieval.data.course import load_course
 
     return load_course(data_dir)
 
@@ -94,7 +99,6 @@ def _feature_dir() -> Path:
 def _decode(path: Path) -> Any:
     """RGB PIL image, EXIF orientation applied. Prefers the shared loader when it exists."""
     try:
-        from retrieval.index.imageio import load_image  # type: ignore[attr-defined]
 
         return load_image(path)
     except ImportError:
@@ -108,7 +112,6 @@ def image_view_features(
     data_dir: Path, encoder_name: str, view: str, progress: Progress | None = None, batch_size: int = 16
 ) -> tuple[list[str], FloatArray]:
     """Raw (un-normalised) features of every train image for ONE encoder and ONE view, cached."""
-    from retrieval.encoders import build_image_encoder
 
     data_dir = Path(data_dir)
     names = course_image_names(data_dir)
@@ -133,7 +136,6 @@ def image_view_features(
 
 def text_features(texts: Sequence[str], encoder_name: str, progress: Progress | None = None) -> FloatArray:
     """Raw text features for `texts` (cached by encoder id + checksum + the exact text list)."""
-    from retrieval.encoders import build_text_encoder
 
     encoder = build_text_encoder(encoder_name)
     key = _sha([encoder_name, encoder.checksum(), str(encoder.max_tokens), _sha(list(texts))])[:24]
@@ -157,8 +159,6 @@ def combine_image_features(
 ) -> tuple[list[str], FloatArray]:
     """Same features the live encoder gives: mean over views per part; "+"-joined parts L2-normalised (times
     `part_weight`), concatenated."""
-    from retrieval.encoders import part_views, part_weight
-    from retrieval.vectors import l2n
 
     parts = image_encoder.split("+")
     names: list[str] = []
@@ -190,11 +190,6 @@ def course_embeddings(
 def course_face_table(data_dir: Path | str, progress: Progress | None = None) -> Any:
     """Faces (MTCNN) and crop-encoder features of every train image, as a `detector_train.FaceTable` (cached by the
     face finder's settings, the crop encoder's checksum and the image files)."""
-    from retrieval.index.imageio import load_image
-    from retrieval.policy.detector import (CROP_CONTEXT, CROP_ENCODER, MAX_FACES, faces_and_crop_features,
-                                           load_crop_encoder)
-    from retrieval.policy.detector_train import FaceTable
-    from retrieval.policy.faces import FaceFinder
 
     data_dir = Path(data_dir)
     names = course_image_names(data_dir)

@@ -15,10 +15,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import numpy.typing as npt
 
+from retrieval.atomic import atomic_folder
+from retrieval.config import DEFAULT_MODEL_DIR, PACKAGED_MODELS
 from retrieval.errors import ModelMismatchError, ModelNotFoundError
 from retrieval.hashing import sha256_file
 from retrieval.learn.projection import LinearProjection
 from retrieval.learn.reranker import Reranker
+from retrieval.policy.classifiers import LinearProbe
+from retrieval.policy.detector import ChildDetector
 
 FloatArray = npt.NDArray[np.float32]
 FORMAT_VERSION = 1
@@ -59,7 +63,6 @@ class ModelConfig:
 
 
 def _probe_cls() -> Any:
-    from retrieval.policy.classifiers import LinearProbe
 
     return LinearProbe
 
@@ -158,7 +161,6 @@ class RetrievalModel:
         """Atomic: written into a sibling temp folder, then swapped into place. Returns the folder."""
         from safetensors.numpy import save_file
 
-        from retrieval.atomic import atomic_folder
 
         directory = Path(directory)
         with atomic_folder(directory) as tmp:
@@ -204,7 +206,6 @@ class RetrievalModel:
         text_probe = _probe_cls().from_tensors(sub) if sub else None
         detector = None
         if any(k.startswith("det.") for k in t):
-            from retrieval.policy.detector import ChildDetector
 
             detector = ChildDetector.from_tensors(t)
         model = cls(config, LinearProjection.from_tensors(t), reranker, detector, text_probe)
@@ -213,7 +214,6 @@ class RetrievalModel:
 
 
 def default_model_dir() -> Path:
-    from retrieval.config import DEFAULT_MODEL_DIR
 
     return DEFAULT_MODEL_DIR
 
@@ -228,7 +228,6 @@ def index_identity(model: "RetrievalModel") -> dict[str, Any]:
 
 def resolve_model_dir(model_dir: str | Path | None = None) -> Path:
     """A model folder path; None -> the shipped default; "default"/"light" -> the shipped ones unless such a folder exists."""
-    from retrieval.config import PACKAGED_MODELS
 
     if model_dir is None:
         return default_model_dir()

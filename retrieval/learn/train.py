@@ -18,13 +18,18 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from retrieval.learn.features import CourseEmbeddings, course_embeddings
+from retrieval.encoders import build_image_encoder, build_text_encoder
+from retrieval.learn.features import CourseEmbeddings, course_embeddings, course_face_table, read_extra_captions
 from retrieval.learn.model import ModelConfig, RetrievalModel
 from retrieval.learn.projection import LinearProjection, Pairs, fit_cca, fit_contrastive
 from retrieval.learn.reranker import (CaptionMemory, Reranker, build_memory, fit_calibration, fit_listwise,
-                                      fit_logistic, logit_grid, pair_features)
-from retrieval.learn.validation import (CoursePairs, RowKind, course_pairs, image_folds, mean_metrics,
-                                        reranker_quality, restricted_images, retrieval_metrics, train_mask_for)
+                                      fit_logistic, logit_grid, pair_features, plot_reliability)
+from retrieval.learn.validation import (CoursePairs, RowKind, course_pairs, image_folds, mean_metrics, reranker_quality,
+                                        restricted_images, retrieval_metrics, train_mask_for)
+from retrieval.policy.detector_train import caption_person_labels, detector_metrics, fit_detector
+from retrieval.policy.lexicon import mentions_child
+from retrieval.policy.train import fit_text_probe
+from retrieval.policy.visual_labels import labels_for
 
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0+efficientnet-lite2+efficientnet-lite2-hires"
 DEFAULT_TEXT_ENCODER = "all-mpnet-base-v2"
@@ -176,7 +181,6 @@ def data_fingerprint(data_dir: Path) -> str:
 
 
 def _child_flags(texts: Sequence[str]) -> np.ndarray:
-    from retrieval.policy.lexicon import mentions_child
 
     return np.asarray(mentions_child(list(texts)), bool)
 
@@ -404,7 +408,6 @@ def validation_summary(cv: CrossValidation, blend: tuple[float, float]) -> dict[
 def model_config(ts: TrainingSet, heads: FinalHeads, policy: PolicyHeads, blend: tuple[float, float],
                  metrics: dict[str, Any], image_encoder: str, text_encoder: str, views: Sequence[str],
                  extra_captions: bool, keep_restricted: bool, seed: int, cfg: HeadConfig) -> ModelConfig:
-    from retrieval.encoders import build_image_encoder, build_text_encoder
 
     ienc = build_image_encoder(image_encoder, views=tuple(views))
     tenc = build_text_encoder(text_encoder)
@@ -431,7 +434,6 @@ def train_model(
 ) -> dict[str, Any]:
     """The training pipeline: data -> K-fold validation -> blend choice -> final heads -> policy heads -> save.
     Writes the model folder atomically and returns the metrics (JSON-able)."""
-    from retrieval.learn.reranker import plot_reliability
 
     say = progress or (lambda _m: None)
     t0 = time.time()
@@ -464,7 +466,6 @@ def train_model(
 
 def _visual_or_caption_labels(image_names: Sequence[str], caption_restricted: np.ndarray) -> list[str]:
     """Each image's visual label; images nobody looked at fall back to the caption rule (child / none)."""
-    from retrieval.policy.visual_labels import labels_for
 
     return [v if v is not None else ("child" if c else "none")
             for v, c in zip(labels_for(image_names), caption_restricted)]
@@ -473,8 +474,6 @@ def _visual_or_caption_labels(image_names: Sequence[str], caption_restricted: np
 def _detector(data_dir: Path, emb: CourseEmbeddings, labels: Sequence[str], caption_restricted: np.ndarray,
               n_splits: int, seed: int, say: Progress) -> tuple[Any, dict[str, Any]]:
     """The child detector (retrieval.policy.detector) fitted on the visual labels, with its out-of-fold metrics."""
-    from retrieval.learn.features import course_face_table, read_extra_captions
-    from retrieval.policy.detector_train import caption_person_labels, detector_metrics, fit_detector
 
     if n_splits < 2:
         say("too few child / child-free images for the child detector; skipped")
@@ -493,7 +492,6 @@ def _detector(data_dir: Path, emb: CourseEmbeddings, labels: Sequence[str], capt
 
 def _text_probe(emb: CourseEmbeddings, text_child: np.ndarray, n_splits: int, seed: int, say: Progress,
                 text_encoder: str) -> Any:
-    from retrieval.policy.train import fit_text_probe
 
     if n_splits < 2:
         return None

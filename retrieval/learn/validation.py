@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from retrieval.learn.features import CourseEmbeddings, read_extra_captions, read_train_queries
+from retrieval.learn.features import CourseEmbeddings, _course, read_extra_captions, read_train_queries
+from retrieval.learn.reranker import brier, ece
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
@@ -55,7 +56,6 @@ class CoursePairs:
 
 def _read_grades(data_dir: Path) -> list[tuple[str, str, float, str, tuple[float, float, float]]]:
     """Expert mean (g-1)/3 and crowd share -> [(image, query_id, target, source, raw expert grades)]."""
-    from retrieval.learn.features import _course
 
     course = _course(str(data_dir))
     exp, crowd = course.expert, course.crowd
@@ -160,7 +160,6 @@ def reranker_quality(ev: CoursePairs, rows: "Any", prob: np.ndarray, key: np.nda
     """
     from scipy.stats import kendalltau
 
-    from retrieval.learn.reranker import brier, ece
 
     nc = ~restricted[rows.img] & ~text_child[rows.txt]
     own = ev.text_owner[rows.txt] == rows.img

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from retrieval.config import DISCLAIMER
 from retrieval.errors import InvalidQueryError
+from retrieval.policy.detector import Detection
 from retrieval.policy.lexicon import is_child_text
 from retrieval.policy.types import DEFAULT_IMAGE_THRESHOLD, DEFAULT_POLICY, POLICIES, Hit, Policy, RawResult
 
@@ -84,7 +85,6 @@ def _detector_reason(hit: Any, threshold: float) -> dict[str, Any]:
                 "threshold": round(threshold, 4), "boxes": []}
     text = getattr(hit, "detection", None)
     if text:
-        from retrieval.policy.detector import Detection
 
         found = Detection.from_json(text)
         prob = getattr(hit, "child_prob", None)

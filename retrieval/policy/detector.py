@@ -20,9 +20,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from retrieval.encoders import build_image_encoder
 from retrieval.errors import DetectorUnavailableError, ModelMismatchError
 from retrieval.policy.classifiers import LinearProbe
-from retrieval.policy.faces import Face
+from retrieval.policy.faces import Face, FaceFinder, crops
 from retrieval.vectors import l2n
 
 FloatArray = npt.NDArray[np.float32]
@@ -244,7 +245,6 @@ def fusion_features(image_logit: npt.ArrayLike, person_logit: npt.ArrayLike, fac
 def load_crop_encoder() -> Any:
     """The encoder of face crops (EfficientNet-Lite0, whole crop); DetectorUnavailableError if it cannot load."""
     try:
-        from retrieval.encoders import build_image_encoder
 
         return build_image_encoder(CROP_ENCODER, views=("full",))
     except Exception as exc:
@@ -256,7 +256,6 @@ def load_crop_encoder() -> Any:
 def faces_and_crop_features(finder: Any, encoder: Any, images: Sequence[Any]) -> tuple[list[list[Face]], FloatArray]:
     """The first MAX_FACES faces of each image and the crop-encoder features of all of them, in order (one batch).
     The build (`DetectorRuntime`) and training (`features.course_face_table`) share it, so both see the same crops."""
-    from retrieval.policy.faces import crops
 
     faces = [finder.find(im)[:MAX_FACES] for im in images]
     items = [encoder.preprocess(c) for im, fs in zip(images, faces) for c in crops(im, fs, CROP_CONTEXT)]
@@ -273,7 +272,6 @@ class DetectorRuntime:
     def __init__(self, heads: ChildDetector, faces: Any = None, crop_encoder: Any = None) -> None:
         """`faces` (an object with `find(image) -> [Face]` and `id`) and `crop_encoder` default to MTCNN and
         EfficientNet-Lite0; tests pass fakes."""
-        from retrieval.policy.faces import FaceFinder
 
         self.heads = heads
         self.faces = faces if faces is not None else FaceFinder()

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from retrieval.atomic import write_text
 from retrieval.errors import RetrievalError
+from retrieval.policy.classifiers import threshold_for_recall
 from retrieval.policy.detector import FEATURES, N_FUSED, ChildDetector, Detection
 from retrieval.policy.review import REVIEW_DIR
 
@@ -114,7 +115,6 @@ def fit_refit(detector: ChildDetector, Z_rev: FloatArray, child_rev: npt.NDArray
     out-of-fold recall on the reviewed "child" rows would fall below `target`. Returns (params, threshold, numbers)."""
     from sklearn.model_selection import StratifiedKFold
 
-    from retrieval.policy.classifiers import threshold_for_recall
 
     if detector.train_rows is None or detector.train_labels is None:
         raise RefitRefusedError("this model stores no training rows for a refit; retrain it with `retrieve train` "

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
+from index_store import backend_for
 from retrieval.atomic import write_text
 from retrieval.errors import InvalidQueryError, RetrievalError
 
@@ -157,7 +158,6 @@ class ReviewStore:
 
     # ---------------------------------------------------------------- internals
     def _locked(self) -> Any:
-        from index_store import backend_for
 
         if not backend_for(self.index_dir).exists():
             raise RetrievalError(f"no index at {str(self.index_dir)!r}; run `retrieve build-index IMAGES --index "

@@ -12,11 +12,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from retrieval.policy.classifiers import (
-    LabelledQueries, LinearProbe, image_child_labels, out_of_fold, text_child_labels, threshold_for_recall, train_image_probe,
-    train_text_probe,
-)
-from retrieval.policy.metrics import load_policy_queries, plot_child_pr, policy_metrics, query_policy_metrics, read_policy_file
+from retrieval.encoders import build_text_encoder
+from retrieval.learn.features import course_embeddings, read_extra_captions, read_train_queries, text_features
+from retrieval.policy.classifiers import (LabelledQueries, LinearProbe, image_child_labels, out_of_fold,
+                                          text_child_labels, threshold_for_recall, train_image_probe, train_text_probe)
+from retrieval.policy.detector_train import detector_metrics
+from retrieval.policy.lexicon import mentions_child
+from retrieval.policy.metrics import (load_policy_queries, plot_child_pr, policy_metrics, query_policy_metrics,
+                                      read_policy_file)
+from retrieval.policy.visual_labels import labels_for
 
 __all__ = ["PolicyProbes", "course_captions", "fit_policy_probes", "evaluate_policy", "training_queries", "fit_text_probe",
            "IMAGE_C", "TEXT_C", "TARGET_RECALL", "TEXT_MAX_FPR", "TEXT_QUERY_FPR", "TRAIN_QUERIES"]
@@ -38,8 +42,6 @@ TRAIN_QUERIES = Path(__file__).with_name("child_queries_train.tsv")
 
 def training_queries(text_encoder: str, path: Path = TRAIN_QUERIES) -> LabelledQueries:
     """The labelled training queries, encoded with `text_encoder` (features cached like the course captions)."""
-    from retrieval.learn.features import text_features
-    from retrieval.policy.lexicon import mentions_child
 
     texts, is_child = load_policy_queries(path)
     return LabelledQueries(text_features(texts, text_encoder), is_child, mentions_child(texts))
@@ -62,7 +64,6 @@ class PolicyProbes:
 
 def course_captions(data_dir: Path) -> list[tuple[str, str]]:
     """(query_id, text) for every train_dataset query text and extra caption, duplicates removed."""
-    from retrieval.learn.features import read_extra_captions, read_train_queries
 
     pairs = [(q, t) for _, q, t in read_train_queries(Path(data_dir))] + read_extra_captions(Path(data_dir))
     return list(dict.fromkeys(pairs))
@@ -89,8 +90,6 @@ def _against_visual_labels(image_names: Sequence[str], oof: np.ndarray, threshol
                            ) -> dict[str, Any]:
     """The caption-label probe judged by the visual labels: at its own threshold, and re-thresholded like the
     child detector (recall `target_recall` on child + unsure)."""
-    from retrieval.policy.detector_train import detector_metrics
-    from retrieval.policy.visual_labels import labels_for
 
     labels = labels_for(image_names)
     known = np.array([lab is not None for lab in labels])
@@ -112,8 +111,6 @@ def evaluate_policy(
 ) -> dict[str, Any]:
     """Measure the policy: image probe on grouped out-of-fold predictions; lexicon / text probe / both on the
     held-out query file (`text<TAB>child|adult`). Optionally saves the precision-recall PNG to `plot`."""
-    from retrieval.encoders import build_text_encoder
-    from retrieval.learn.features import course_embeddings
 
     emb = course_embeddings(data_dir, image_encoder, text_encoder, tuple(views))
     captions = course_captions(data_dir)

@@ -25,6 +25,9 @@ from retrieval.data.targets import (  # noqa: E402
     fit_beta_prior,
 )
 from retrieval.policy.lexicon import mentions_child  # noqa: E402
+from retrieval.config import REPO_ROOT
+from retrieval.learn.model import load_model
+from retrieval.policy.train import evaluate_policy
 
 
 @dataclass(frozen=True)
@@ -172,9 +175,6 @@ def _policy_section(data_dir: Path, folder: Path) -> tuple[_Plot, dict[str, str]
     """Child-image probe precision-recall (image-grouped out-of-fold) + query blocking on the held-out phrasings.
 
     Uses the shipped default model's encoders; features come from the embedding cache after `retrieve train`."""
-    from retrieval.learn.model import load_model
-    from retrieval.config import REPO_ROOT
-    from retrieval.policy.train import evaluate_policy
 
     cfg = load_model().config
     queries = REPO_ROOT / "tests" / "fixtures" / "policy_queries.tsv"

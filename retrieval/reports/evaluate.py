@@ -18,8 +18,15 @@ import numpy as np
 import pandas as pd
 
 from retrieval.atomic import write_text
+from retrieval.data.course import load_course, load_test_queries
 from retrieval.errors import DatasetError
+from retrieval.index.build import build_index_with_model
 from retrieval.learn.validation import retrieval_metrics
+from retrieval.policy.apply import apply_policy
+from retrieval.policy.lexicon import mentions_child
+from retrieval.reports.contact_sheet import write_sheet as write_png
+from retrieval.reports.html import results_page
+from retrieval.search import Retriever
 
 
 def _kendall(course: Any, names: list[str], img_z: np.ndarray, retriever: Any, texts: dict[str, str],
@@ -30,7 +37,6 @@ def _kendall(course: Any, names: list[str], img_z: np.ndarray, retriever: Any, t
     encoded once (a text recurs in many graded pairs and in both sources)."""
     from scipy.stats import kendalltau
 
-    from retrieval.policy.lexicon import mentions_child
 
     row_of = {n: i for i, n in enumerate(names)}
     out: dict[str, Any] = {}
@@ -64,7 +70,6 @@ def _kendall(course: Any, names: list[str], img_z: np.ndarray, retriever: Any, t
 
 def course_child_images(course: Any) -> list[str]:
     """Images any of whose known captions (own query ids) mention a child."""
-    from retrieval.policy.lexicon import mentions_child
 
     caps = course.captions
     owner = caps["query_id"].str.split("#").str[0]
@@ -74,10 +79,6 @@ def course_child_images(course: Any) -> list[str]:
 def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir: str | Path | None = None,
              sheet_queries: int = 10, sheet_k: int = 5, seed: int = 0, policy: str = "strict",
              progress: bool = True) -> dict[str, Any]:
-    from retrieval.index.build import build_index_with_model
-    from retrieval.data.course import load_course, load_test_queries
-    from retrieval.policy.lexicon import mentions_child
-    from retrieval.search import Retriever
 
     data_dir = Path(data_dir)
     queries = load_test_queries(data_dir / "test_queries.csv", data_dir / "test_images")
@@ -117,9 +118,6 @@ def write_sheet(retriever: Any, texts: list[str], out: Path, n: int, k: int, see
     """HTML + PNG sheet of `n` random queries (fixed seed) with their top-k under `policy`, and the same queries
     under `audit` beside it (sheet_audit.png/html: every image, the detector's boxes and reasons), all through the
     policy choke point."""
-    from retrieval.reports.contact_sheet import write_sheet as write_png
-    from retrieval.reports.html import results_page
-    from retrieval.policy.apply import apply_policy
 
     rng = np.random.default_rng(seed)
     picked = [texts[i] for i in sorted(rng.choice(len(texts), size=min(n, len(texts)), replace=False))]
