@@ -15,7 +15,6 @@ import numpy as np
 from index_store import backend_for
 from retrieval.errors import InvalidQueryError, RetrievalError
 from retrieval.hashing import sha256_file
-from retrieval.learn.model import index_identity, load_model
 from retrieval.policy.operator import IndexPolicy
 from retrieval.policy.queue import calibration, expected_gain, review_queue
 from retrieval.policy.refit import REFIT_FILE, Refit, RefitRefusedError, fit_refit
@@ -33,10 +32,9 @@ class OpenedIndex:
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "OpenedIndex":
+        from retrieval.search import open_index
 
-
-        model = load_model(model_dir)
-        store = backend_for(Path(index_dir)).load(expect=index_identity(model))
+        store, model = open_index(index_dir, model_dir)
         return cls(Path(index_dir), store, model, policy_for(Path(index_dir), store, model))
 
     def rel_path(self, row: int) -> str:
@@ -68,7 +66,6 @@ def find_row(opened: OpenedIndex, image: str | os.PathLike[str] | None = None, r
         if len(hit):
             return int(hit[0])
     if path.is_file():
-
         rows = opened.policy.rows_of(sha256_file(path))
         if rows:
             return rows[0]
@@ -175,7 +172,6 @@ def refit(index_dir: str | Path, model_dir: str | Path | None = None, dry_run: b
     if not dry_run:
         from dataclasses import replace
 
-
         with backend_for(opened.folder).lock():
             replace(new, report=report).save(opened.folder)
         pol.reviews.append_log({"event": "refit", "time": new.created, "operator": new.operator, **report})
@@ -184,7 +180,6 @@ def refit(index_dir: str | Path, model_dir: str | Path | None = None, dry_run: b
 
 def undo_refit(index_dir: str | Path, operator: str | None = None) -> bool:
     """Remove the refit (back to the detector's own fusion and threshold); logged. False when there was none."""
-
 
     path = Path(index_dir) / REVIEW_DIR / REFIT_FILE
     store = ReviewStore(index_dir)

@@ -19,7 +19,6 @@ from retrieval.learn.model import RetrievalModel
 
 
 def _encoders(model: RetrievalModel) -> tuple[Any, Any]:
-
     cfg = model.config
     ienc = build_image_encoder(cfg.image_encoder, views=tuple(cfg.image_views))
     tenc = build_text_encoder(cfg.text_encoder)
@@ -28,7 +27,6 @@ def _encoders(model: RetrievalModel) -> tuple[Any, Any]:
 
 
 def _load(path: Path) -> Any:
-
     return load_image(path)
 
 

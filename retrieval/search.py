@@ -13,10 +13,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from index_store import IndexReader
+from index_store import IndexReader, backend_for
+from index_store.manifest import check_expected
 from retrieval.encoders.base import TextEncoder
 from retrieval.errors import InvalidQueryError
-from retrieval.learn.model import RetrievalModel
+from retrieval.learn.model import RetrievalModel, index_identity, model_for_index
 from retrieval.limits import MAX_QUERY_CHARS, SINGLE_THREAD_MAX_QUERIES
 from retrieval.policy.apply import query_is_child
 from retrieval.policy.operator import IndexPolicy
@@ -44,6 +45,14 @@ class SearchStats:
     stages: dict[str, float] = field(default_factory=dict)
 
 
+def open_index(index_dir: str | Path, model_dir: str | Path | None = None) -> tuple[IndexReader, RetrievalModel]:
+    """An index and the model it was built with (`model_dir` if given; it must match the index)."""
+    store = backend_for(Path(index_dir)).load()
+    model = model_for_index(store.manifest, model_dir)
+    check_expected(store.manifest, index_identity(model), Path(index_dir))
+    return store, model
+
+
 def candidate_count(k: int, n: int) -> int:
     """How many ANN candidates the reranker sees: enough headroom for it to reorder, never more than the index."""
     return int(min(n, max(4 * k, 50)))
@@ -69,15 +78,10 @@ class Retriever:
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "Retriever":
         """Open an index folder with the model it was built with (or `model_dir`, which must match it)."""
-        from index_store import backend_for
-
-        from retrieval.learn.model import index_identity, load_model
         from retrieval.encoders import build_text_encoder
 
-        model = load_model(model_dir)
-        store = backend_for(Path(index_dir)).load(expect=index_identity(model))
-        text_encoder = build_text_encoder(model.config.text_encoder)
-        return cls(text_encoder, model, store)
+        store, model = open_index(index_dir, model_dir)
+        return cls(text_encoder=build_text_encoder(model.config.text_encoder), model=model, store=store)
 
     # -- input checks -------------------------------------------------------------------------------------------
     def check_query(self, text: str) -> QueryCheck:
@@ -155,12 +159,6 @@ class Retriever:
         """The policy-neutral hit for one index row (the server checks image fetches through the policy with it)."""
         self.policy.refresh()
         return self._hit(rank, image_id, score)
-
-    def review_index(self) -> Any:
-        """This index as `retrieval.review` works on it (decisions and the queue share this retriever's policy)."""
-        from retrieval.review import OpenedIndex
-
-        return OpenedIndex(Path(self.store.folder), self.store, self.model, self.policy)
 
     @property
     def image_threshold(self) -> float:

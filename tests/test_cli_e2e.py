@@ -120,6 +120,13 @@ def test_index_from_other_model_is_refused(env, tmp_path):
     assert res.exit_code != 0 and "rebuild with `retrieve build-index" in res.output
 
 
+def test_query_without_model_uses_the_model_the_index_was_built_with(env):
+    """build-index --model M records M; a later query needs no --model (and gets M's results, not an error)."""
+    res = run("query", "a dog", "--index", env / "idx", "--json")
+    assert res.exit_code == 0, res.output
+    assert query_json(env, "a dog") == [json.loads(res.stdout.splitlines()[-1])]
+
+
 def test_incremental_add_update_remove(env, tmp_path):
     images = tmp_path / "imgs"
     shutil.copytree(env / "images", images)

@@ -8,7 +8,7 @@ from retrieval.encoders import build_image_encoder
 from retrieval.errors import DetectorUnavailableError, ImageDecodeError, ModelMismatchError
 from retrieval.index.imageio import load_image
 from retrieval.index.indexer import build_index
-from retrieval.learn.model import index_identity, load_model
+from retrieval.learn.model import index_identity, load_model, resolve_model_dir
 from retrieval.policy.detector import DetectorRuntime
 
 
@@ -61,7 +61,8 @@ def build_index_with_model(
         image_encoder=encoder,
         project=model.project_images,
         detect=child_detector(model, max_megapixels),
-        manifest_fields=index_identity(model),
+        # the folder is recorded so that queries find this model without --model (shipped ones by model_id)
+        manifest_fields={**index_identity(model), "model_dir": str(resolve_model_dir(model_dir).absolute())},
         workers=workers,
         batch_size=batch_size,
         max_megapixels=max_megapixels,

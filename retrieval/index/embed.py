@@ -120,7 +120,7 @@ class EmbedResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     n_cached: int = 0
 
-    def __iter__(self) -> Iterator[Any]:  # `ids, feats, failures = embed_files(...)` as in the brief
+    def __iter__(self) -> Iterator[Any]:  # unpacks as `ids, feats, failures = embed_files(...)`
         return iter((self.ids, self.feats, self.failures))
 
 

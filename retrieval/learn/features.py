@@ -99,7 +99,6 @@ def _feature_dir() -> Path:
 def _decode(path: Path) -> Any:
     """RGB PIL image, EXIF orientation applied. Prefers the shared loader when it exists."""
     try:
-
         return load_image(path)
     except ImportError:
         from PIL import Image, ImageOps

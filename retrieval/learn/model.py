@@ -63,7 +63,6 @@ class ModelConfig:
 
 
 def _probe_cls() -> Any:
-
     return LinearProbe
 
 
@@ -161,7 +160,6 @@ class RetrievalModel:
         """Atomic: written into a sibling temp folder, then swapped into place. Returns the folder."""
         from safetensors.numpy import save_file
 
-
         directory = Path(directory)
         with atomic_folder(directory) as tmp:
             save_file(self.tensors(), str(tmp / WEIGHTS_NAME), metadata={"format": "retrieval-heads"})
@@ -206,7 +204,6 @@ class RetrievalModel:
         text_probe = _probe_cls().from_tensors(sub) if sub else None
         detector = None
         if any(k.startswith("det.") for k in t):
-
             detector = ChildDetector.from_tensors(t)
         model = cls(config, LinearProjection.from_tensors(t), reranker, detector, text_probe)
         model.check_encoders(image_encoder, text_encoder, image_checksum, text_checksum)
@@ -214,7 +211,6 @@ class RetrievalModel:
 
 
 def default_model_dir() -> Path:
-
     return DEFAULT_MODEL_DIR
 
 
@@ -239,3 +235,24 @@ def resolve_model_dir(model_dir: str | Path | None = None) -> Path:
 def load_model(model_dir: str | Path | None = None) -> "RetrievalModel":
     """The heads model folder (see `resolve_model_dir`)."""
     return RetrievalModel.load(resolve_model_dir(model_dir))
+
+
+def _model_id_of(folder: Path) -> str:
+    try:
+        return str(json.loads((Path(folder) / CONFIG_NAME).read_text(encoding="utf-8")).get("model_id", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def model_for_index(manifest: Any, model_dir: str | Path | None = None) -> "RetrievalModel":
+    """The model to serve an index with: `model_dir` when given; else the shipped model, or the model folder the
+    build recorded, whose model_id the index carries; else the default (the identity check then names the
+    mismatch)."""
+    if model_dir is not None:
+        return load_model(model_dir)
+    wanted = str(getattr(manifest, "model_id", ""))
+    recorded = (getattr(manifest, "extra", None) or {}).get("model_dir")
+    for folder in [*PACKAGED_MODELS.values(), *([Path(recorded)] if recorded else [])]:
+        if wanted and _model_id_of(folder) == wanted:
+            return RetrievalModel.load(folder)
+    return load_model(None)

@@ -40,48 +40,43 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Hyper-parameters of the heads (chosen by the K-fold sweeps logged in the ML notes)."""
+    """Hyper-parameters of the heads, chosen by image-grouped K-fold validation on the course data (the numbers
+    each choice gave are in docs/models.md)."""
 
+    #: projection: CCA to `d` dimensions with these ridge terms (image side, text side) and spectrum power
     d: int = 256
     reg_img: float = 10.0
     reg_txt: float = 3.0
     power: float = 1.0
+    #: InfoNCE fine-tuning epochs on top of CCA (0 = off: it did not beat CCA out of fold)
     contrastive_epochs: int = 0
+    #: mismatched captions per own caption among the reranker rows; C of the logistic fallback
     neg_per_pos: int = 2
     logistic_c: float = 3.0
-    #: row weights of the reranker fit by kind (own caption / mismatch, expert, crowd); every allowed row calibrates.
-    #: Expert rows carry the tau (crowd rows lower tau-c more than they raise tau-b). Without the listwise term, own
-    #: captions at 0.1 with C=3 were the best logistic recipe (strict blend 1*logit+3*cos: tau-c .603 / tau-b .349 at
-    #: R@1/5/10 52.2/86.0/94.0; expert only C=1: 1*logit+20*cos, .583 / .344).
+    #: fit weights of the reranker rows by kind: expert grades carry the fit (crowd rows lowered expert tau-c more
+    #: than they raised crowd tau-b); every allowed row still calibrates
     caption_row_weight: float = 0.0
     expert_row_weight: float = 1.0
     crowd_row_weight: float = 0.0
     #: caption-memory kNN feature: neighbours (0 = off) and softmax temperature
     knn_k: int = 10
     knn_temperature: float = 0.05
-    #: per-dimension weights on the kNN match too (z_txt * pseudo_caption, d more coefficients): expert-only logit
-    #: tau-c .617 -> .621 out of fold (crowd tau-b .347 both)
+    #: per-dimension weights on the kNN match too (z_txt * pseudo_caption: d more coefficients)
     knn_products: bool = True
     #: the memory also keeps the captions' raw text-encoder vectors; feature = cosine of the raw query with the
-    #: neighbours' raw captions (all 768 mpnet dimensions, not only the projection's 256): logit alone +.004-.007
-    #: expert tau-c and +0.5 R@1 out of fold
+    #: neighbours' raw captions (all the text encoder's dimensions, not only the projection's)
     raw_memory: bool = True
     n_folds: int = 10
-    #: ranking/score key candidates a * reranker_logit + b * cosine; (0, 1) = plain cosine must be present
-    #: a blend may rank at most this many points of non-child R@1/5/10 below plain cosine; 0: the reranker must not
-    #: lower R@K (0.5 would pick the logit alone here: tau-c .614 / tau-b .347 at R@5 -0.1).
-    #: Among those, the one with the best expert tau-c + crowd tau-b becomes the single ranking AND score key.
+    #: a ranking/score key a * logit + b * cosine may rank at most this many points of non-child R@1/5/10 below
+    #: plain cosine; among those, the best expert tau-c + crowd tau-b becomes the single ranking AND score key
     recall_tolerance: float = 0.0
-    #: listwise term of the reranker fit (0 = logistic only): softmax over each OOF validation caption's
-    #: `rank_candidates` nearest allowed gallery images (cosine) pushing its own image first (reranker.fit_listwise),
-    #: so the logit itself ranks as well as the cosine. 10-fold, non-child, Lite0+Lite2 features without the raw
-    #: memory: 0.1 -> logit alone 52.0/85.9/93.9, tau-c .614 / tau-b .348; strict blend 1*logit+1*cos 52.1/86.0/93.9,
-    #: .609 / .349 (cosine 51.6/85.9/93.7); 0.3 ranks better (logit alone 52.5/85.8/93.8) but reaches only .596 / .348.
-    #: Current default (+ hires part, raw memory): the logit alone is the strict key, 53.2/86.6/94.7, .626 / .355.
+    #: listwise term of the reranker fit (0 = logistic only): a softmax over each out-of-fold caption's
+    #: `rank_candidates` nearest allowed images pushes its own image first, so the logit ranks as well as it scores
     rank_loss_weight: float = 0.1
     rank_candidates: int = 20
     rank_steps: int = 200
     rank_weight_decay: float = 1e-4
+    #: candidate blends (a, b); (0, 1) = plain cosine must be among them
     blends: tuple[tuple[float, float], ...] = ((0.0, 1.0), (1.0, 0.0), (1.0, 1.0), (1.0, 2.0), (1.0, 3.0), (1.0, 4.0),
                                                (1.0, 5.0), (1.0, 6.0), (1.0, 8.0), (1.0, 10.0), (1.0, 15.0), (1.0, 20.0),
                                                (1.0, 30.0), (1.0, 50.0), (1.0, 100.0))
@@ -181,7 +176,6 @@ def data_fingerprint(data_dir: Path) -> str:
 
 
 def _child_flags(texts: Sequence[str]) -> np.ndarray:
-
     return np.asarray(mentions_child(list(texts)), bool)
 
 
@@ -408,7 +402,6 @@ def validation_summary(cv: CrossValidation, blend: tuple[float, float]) -> dict[
 def model_config(ts: TrainingSet, heads: FinalHeads, policy: PolicyHeads, blend: tuple[float, float],
                  metrics: dict[str, Any], image_encoder: str, text_encoder: str, views: Sequence[str],
                  extra_captions: bool, keep_restricted: bool, seed: int, cfg: HeadConfig) -> ModelConfig:
-
     ienc = build_image_encoder(image_encoder, views=tuple(views))
     tenc = build_text_encoder(text_encoder)
     return ModelConfig(
@@ -492,7 +485,6 @@ def _detector(data_dir: Path, emb: CourseEmbeddings, labels: Sequence[str], capt
 
 def _text_probe(emb: CourseEmbeddings, text_child: np.ndarray, n_splits: int, seed: int, say: Progress,
                 text_encoder: str) -> Any:
-
     if n_splits < 2:
         return None
     say("child text probe: captions + hand-labelled training queries (retrieval/policy/child_queries_train.tsv)")

@@ -160,7 +160,6 @@ def reranker_quality(ev: CoursePairs, rows: "Any", prob: np.ndarray, key: np.nda
     """
     from scipy.stats import kendalltau
 
-
     nc = ~restricted[rows.img] & ~text_child[rows.txt]
     own = ev.text_owner[rows.txt] == rows.img
     out: dict[str, float] = {}

@@ -85,7 +85,6 @@ def _detector_reason(hit: Any, threshold: float) -> dict[str, Any]:
                 "threshold": round(threshold, 4), "boxes": []}
     text = getattr(hit, "detection", None)
     if text:
-
         found = Detection.from_json(text)
         prob = getattr(hit, "child_prob", None)
         if prob is not None and abs(float(prob) - found.prob) > 1e-6:  # re-scored by an operator refit

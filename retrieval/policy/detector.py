@@ -245,7 +245,6 @@ def fusion_features(image_logit: npt.ArrayLike, person_logit: npt.ArrayLike, fac
 def load_crop_encoder() -> Any:
     """The encoder of face crops (EfficientNet-Lite0, whole crop); DetectorUnavailableError if it cannot load."""
     try:
-
         return build_image_encoder(CROP_ENCODER, views=("full",))
     except Exception as exc:
         raise DetectorUnavailableError(

@@ -115,7 +115,6 @@ def fit_refit(detector: ChildDetector, Z_rev: FloatArray, child_rev: npt.NDArray
     out-of-fold recall on the reviewed "child" rows would fall below `target`. Returns (params, threshold, numbers)."""
     from sklearn.model_selection import StratifiedKFold
 
-
     if detector.train_rows is None or detector.train_labels is None:
         raise RefitRefusedError("this model stores no training rows for a refit; retrain it with `retrieve train` "
                                 "(models from before operator review lack them)")

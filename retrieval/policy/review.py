@@ -158,7 +158,6 @@ class ReviewStore:
 
     # ---------------------------------------------------------------- internals
     def _locked(self) -> Any:
-
         if not backend_for(self.index_dir).exists():
             raise RetrievalError(f"no index at {str(self.index_dir)!r}; run `retrieve build-index IMAGES --index "
                                  f"{self.index_dir}` before reviewing")

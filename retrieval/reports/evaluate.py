@@ -37,7 +37,6 @@ def _kendall(course: Any, names: list[str], img_z: np.ndarray, retriever: Any, t
     encoded once (a text recurs in many graded pairs and in both sources)."""
     from scipy.stats import kendalltau
 
-
     row_of = {n: i for i, n in enumerate(names)}
     out: dict[str, Any] = {}
     child_img = set(course_child_images(course))
@@ -79,7 +78,6 @@ def course_child_images(course: Any) -> list[str]:
 def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir: str | Path | None = None,
              sheet_queries: int = 10, sheet_k: int = 5, seed: int = 0, policy: str = "strict",
              progress: bool = True) -> dict[str, Any]:
-
     data_dir = Path(data_dir)
     queries = load_test_queries(data_dir / "test_queries.csv", data_dir / "test_images")
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="retrieval-eval-"))

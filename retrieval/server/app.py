@@ -166,10 +166,12 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
     def _reviewable() -> Any:
         if policy != "audit":
             raise ReviewForbiddenError("operator review needs a server started with `retrieve serve --policy audit`")
-        lookup = getattr(retriever, "review_index", None)
-        if lookup is None:
+        from retrieval.review import OpenedIndex
+
+        if not hasattr(retriever, "policy"):
             raise ReviewForbiddenError("this server's index does not support operator review")
-        return lookup()
+        # decisions and the queue share the retriever's own image policy, so answers show in the next search
+        return OpenedIndex(Path(retriever.store.folder), retriever.store, retriever.model, retriever.policy)
 
     def _audit_hits(ids: list[int]) -> list[dict[str, Any]]:
         hits = [replace(images.hit(i), rank=r + 1) for r, i in enumerate(ids)]
