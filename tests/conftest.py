@@ -47,3 +47,21 @@ def fake_env(tmp_path_factory):
     assert res.exit_code == 0, res.output
     yield root
     mp.undo()
+
+
+#: Set by CI (.ci/run): missing course data fails the run instead of skipping the tests that need it.
+REQUIRE_DATA_ENV = "RETRIEVAL_REQUIRE_DATA"
+
+
+def require_course_data(marker: str = "ExpertAnnotations.tsv") -> Path:
+    """The course folder (`RETRIEVAL_COURSE_DATA`, fallback ../shared/data/course-train) if `marker` is in it;
+    else skip with the reason, or fail when $RETRIEVAL_REQUIRE_DATA is set."""
+    from retrieval.config import course_data_dir
+
+    root = course_data_dir()
+    if not (root / marker).exists():
+        message = f"course data not found at {root}; set RETRIEVAL_COURSE_DATA to the course-train folder"
+        if os.environ.get(REQUIRE_DATA_ENV):
+            pytest.fail(f"{message} ({REQUIRE_DATA_ENV} is set: this run must include the real-data tests)")
+        pytest.skip(message)
+    return root

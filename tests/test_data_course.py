@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.config import course_data_dir
 from retrieval.data import load_course, load_test_queries, read_queries_file
 from retrieval.data.course import list_images
 from retrieval.errors import DatasetError
+from tests.conftest import require_course_data
 
 FIXTURE = Path(__file__).parent / "fixtures" / "course_tiny"
 TRAIN_NAMES = ("1001_aa.jpg", "1002_bb.jpg", "1003_cc.jpg", "1004_dd.jpg", "1005_ee.jpg", "1006_ff.jpg")
@@ -192,9 +192,7 @@ def test_read_queries_file_plain_and_course_format(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_course_data_counts() -> None:
-    root = course_data_dir()
-    if not (root / "ExpertAnnotations.tsv").is_file():
-        pytest.skip(f"course data not found at {root} (set RETRIEVAL_COURSE_DATA to the course-train folder)")
+    root = require_course_data()
     course = load_course(root)
     assert len(course.expert) == 5822 and len(course.train) == 5822
     assert len(course.crowd) == 47830 and len(course.train_image_names) == 1000
@@ -222,3 +220,15 @@ def test_line_numbers_count_blank_lines(course_dir: Path) -> None:
 def test_short_first_line_in_tsv_names_line_1(course_dir: Path) -> None:
     _edit_line(course_dir / "ExpertAnnotations.tsv", 1, "\t4\t4\t4\n", "\t4\t4\n")
     assert "ExpertAnnotations.tsv, line 1: expected 5 columns, found 4" in _error(course_dir)
+
+
+def test_missing_course_data_skips_for_users_and_fails_in_ci(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RETRIEVAL_COURSE_DATA", str(tmp_path))
+    monkeypatch.delenv("RETRIEVAL_REQUIRE_DATA", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="set RETRIEVAL_COURSE_DATA"):
+        require_course_data()
+    monkeypatch.setenv("RETRIEVAL_REQUIRE_DATA", "1")
+    with pytest.raises(pytest.fail.Exception, match="RETRIEVAL_REQUIRE_DATA is set"):
+        require_course_data()
+    (tmp_path / "ExpertAnnotations.tsv").write_text("")
+    assert require_course_data() == tmp_path

@@ -17,6 +17,7 @@ pytest.importorskip("efficientnet_lite_pytorch")
 from retrieval.encoders import image as image_mod  # noqa: E402
 from retrieval.encoders import lite_fast  # noqa: E402
 from retrieval.errors import EncoderUnavailableError  # noqa: E402
+from tests.conftest import require_course_data
 
 needs_openvino = pytest.mark.skipif(not lite_fast.openvino_available(), reason="openvino is not installed")
 
@@ -217,11 +218,7 @@ def test_unknown_lite_variant_and_pool_are_refused() -> None:
 def _course_images(n: int) -> list:
     from PIL import Image
 
-    from retrieval.config import course_data_dir
-
-    folder = course_data_dir() / "train_images"
-    if not folder.is_dir():
-        pytest.skip(f"course images not found at {folder} (set RETRIEVAL_COURSE_DATA)")
+    folder = require_course_data("train_images") / "train_images"
     return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.jpg"))[:n]]
 
 
@@ -258,14 +255,11 @@ def test_real_lite_backends_equivalent(name: str) -> None:
 def test_training_features_equal_the_live_default_encoder() -> None:
     """The model is trained on cached per-view course features and serves the live "+"-joined encoder: both must
     give the same vectors (views averaged per part, parts normalised and weighted alike)."""
-    from retrieval.config import course_data_dir
     from retrieval.encoders import build_image_encoder
     from retrieval.learn.features import _decode, combine_image_features
     from retrieval.learn.train import DEFAULT_IMAGE_ENCODER, DEFAULT_VIEWS
 
-    folder = course_data_dir() / "train_images"
-    if not folder.is_dir():
-        pytest.skip(f"course images not found at {folder} (set RETRIEVAL_COURSE_DATA)")
+    folder = require_course_data("train_images") / "train_images"
     try:
         enc = build_image_encoder(DEFAULT_IMAGE_ENCODER, views=DEFAULT_VIEWS)
     except EncoderUnavailableError as exc:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.config import DEFAULT_MODEL_DIR, course_data_dir
+from retrieval.config import DEFAULT_MODEL_DIR
 from retrieval.learn.model import RetrievalModel
+from tests.conftest import require_course_data
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +32,7 @@ def test_shipped_default_model_loads_and_is_small():
 def test_real_text_encoder_scores_own_caption_above_a_mismatch():
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
         pytest.skip("no shipped default model")
-    data = course_data_dir()
-    if not (data / "train_images").is_dir():
-        pytest.skip(f"course data not found at {data}; set RETRIEVAL_COURSE_DATA")
+    data = require_course_data("train_images")
     import pandas as pd
 
     from retrieval.scoring import score_pairs

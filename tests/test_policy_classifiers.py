@@ -30,10 +30,10 @@ def test_image_probe_learns_and_meets_its_recall_target() -> None:
     assert p.shape == (len(y),) and p.dtype == np.float32 and ((p >= 0) & (p <= 1)).all()
 
 
-def test_mlp_probe_is_plain_arrays_and_round_trips(tmp_path) -> None:
+def test_probe_is_plain_arrays_and_round_trips(tmp_path) -> None:
     X, y = _blobs(seed=1)
-    probe, m = train_image_probe(X, y, groups=np.arange(len(y)), kind="mlp", hidden=8)
-    assert m["auc"] > 0.9 and len(probe.hidden) == 1
+    probe, m = train_image_probe(X, y, groups=np.arange(len(y)))
+    assert m["auc"] > 0.9
     tensors = probe.to_tensors(prefix="child_image.")
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in tensors.values())
     back = LinearProbe.from_tensors(tensors, prefix="child_image.")

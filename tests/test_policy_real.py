@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.config import course_data_dir
 from retrieval.policy.lexicon import mentions_child
 from retrieval.policy.metrics import load_policy_queries, read_policy_file
+from tests.conftest import require_course_data
 
 FIXTURES = Path(__file__).parent / "fixtures"
 QUERIES = FIXTURES / "policy_queries.tsv"
@@ -37,9 +37,7 @@ def test_sealed_file_has_kinds_and_lexicon_spares_ordinary_adult_queries() -> No
 
 @pytest.fixture(scope="module")
 def course() -> Path:
-    data = course_data_dir()
-    if not (data / "train_dataset.csv").is_file():
-        pytest.skip(f"course data not found at {data}; set RETRIEVAL_COURSE_DATA")
+    data = require_course_data("train_dataset.csv")
     return data
 
 

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from retrieval.cli import cli
-from retrieval.config import course_data_dir
 from retrieval.errors import DatasetError
 from retrieval.reports.eda import write_report
+from tests.conftest import require_course_data
 
 FIXTURE = Path(__file__).parent / "fixtures" / "course_tiny"
 
@@ -70,9 +70,7 @@ def test_cli_report_prints_index_path(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_report_renders_real_data(tmp_path: Path) -> None:
-    root = course_data_dir()
-    if not (root / "ExpertAnnotations.tsv").is_file():
-        pytest.skip(f"course data not found at {root} (set RETRIEVAL_COURSE_DATA to the course-train folder)")
+    root = require_course_data()
     page = _check_report(write_report(root, tmp_path / "report", policy=True))
     assert (tmp_path / "report" / "child_pr.png").stat().st_size > 0 and "child image probe" in page
     assert "<th>expert pairs</th><td>5,822</td>" in page

@@ -6,17 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from retrieval.config import DEFAULT_MODEL_DIR, course_data_dir
+from retrieval.config import DEFAULT_MODEL_DIR
 from retrieval.learn.model import RetrievalModel
 
-from tests.conftest import run_cli
+from tests.conftest import require_course_data, run_cli
 
 
 @pytest.mark.slow
 def test_training_on_course_data_reproduces_shipped_model(tmp_path):
-    data = course_data_dir()
-    if not (data / "ExpertAnnotations.tsv").is_file():
-        pytest.skip(f"course data not found at {data}; set RETRIEVAL_COURSE_DATA to the course-train folder")
+    data = require_course_data()
     res = run_cli("train", "--data", data, "--out", tmp_path / "model")
     assert res.exit_code == 0, res.output
     shipped, fresh = RetrievalModel.load(DEFAULT_MODEL_DIR), RetrievalModel.load(tmp_path / "model")

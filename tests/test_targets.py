@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from scipy.stats import kendalltau
 
-from retrieval.config import course_data_dir
 from retrieval.data import agreement, build_targets, compare_expert_methods, load_course
 from retrieval.data.targets import (
     TARGET_COLUMNS,
@@ -21,6 +20,7 @@ from retrieval.data.targets import (
     mean_grade,
     median_grade,
 )
+from tests.conftest import require_course_data
 
 FIXTURE = Path(__file__).parent / "fixtures" / "course_tiny"
 PRIOR = (0.5, 1.5)
@@ -175,9 +175,7 @@ def test_compare_expert_methods_table(course) -> None:
 
 @pytest.mark.slow
 def test_real_data_targets_numbers() -> None:
-    root = course_data_dir()
-    if not (root / "ExpertAnnotations.tsv").is_file():
-        pytest.skip(f"course data not found at {root} (set RETRIEVAL_COURSE_DATA to the course-train folder)")
+    root = require_course_data()
     data = load_course(root)
     t = build_targets(data)
     assert len(t) == 51323 and not t.duplicated(["image", "query_id"]).any()

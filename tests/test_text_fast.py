@@ -92,11 +92,9 @@ def test_numpy_forward_matches_transformers_on_tiny_random_model(tmp_path, monke
 # ---------------------------------------------------------------------------------------- real models (slow)
 @pytest.fixture(scope="module")
 def course_texts() -> list[str]:
-    from retrieval.config import course_data_dir
+    from tests.conftest import require_course_data
 
-    data = course_data_dir()
-    if not (data / "train_dataset.csv").is_file():
-        pytest.skip(f"course data not found at {data} (set $RETRIEVAL_COURSE_DATA)")
+    data = require_course_data("train_dataset.csv")
     from retrieval.learn.features import course_texts as load_texts
 
     texts = sorted(load_texts(data))
@@ -135,6 +133,7 @@ def test_fast_backends_match_transformers_on_course_texts(name: str, backend: st
     np.testing.assert_allclose(fast.encode(course_texts[:1])[0], b[0], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_openvino_backend_compiles_only_when_a_process_encodes_more_than_one_query() -> None:
     """One-shot CLI query: numpy forward, no compile; a second call, a batch or `warm` compile once; same vectors."""
     pytest.importorskip("openvino")
@@ -183,6 +182,7 @@ def test_no_load_average_means_not_busy(monkeypatch) -> None:
     assert text.cores_busy() is False
 
 
+@pytest.mark.slow
 def test_openvino_compile_failure_falls_back_to_the_numpy_forward_with_a_warning(monkeypatch) -> None:
     from retrieval.encoders import text
 

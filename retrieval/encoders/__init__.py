@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Sequence
 
 
-from retrieval.encoders.base import FloatArray, ImageEncoder, TextEncoder, encode_images
+from retrieval.encoders.base import FloatArray, ImageEncoder, TextEncoder
 from retrieval.encoders.image import part_views, part_weight
 
-__all__ = ["FloatArray", "ImageEncoder", "TextEncoder", "encode_images", "build_image_encoder", "build_text_encoder",
+__all__ = ["FloatArray", "ImageEncoder", "TextEncoder", "build_image_encoder", "build_text_encoder",
            "IMAGE_ENCODERS", "TEXT_ENCODERS", "part_views", "part_weight"]
 
 IMAGE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite2-hires", "resnet18", "resnet50",

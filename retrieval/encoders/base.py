@@ -49,12 +49,3 @@ class TextEncoder(Protocol):
     def n_tokens(self, text: str) -> int:
         """Token count before truncation (to tell the user a query was cut)."""
         ...
-
-
-def encode_images(encoder: ImageEncoder, images: Sequence[Any], batch_size: int = 32) -> FloatArray:
-    """Convenience for in-memory PIL images (no workers): preprocess + batched forward."""
-    out = [
-        encoder.embed_batch([encoder.preprocess(im) for im in images[i : i + batch_size]])
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out, axis=0) if out else np.zeros((0, encoder.dim), np.float32)

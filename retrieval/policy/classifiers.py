@@ -3,7 +3,7 @@
 * Text probe: logistic regression on the query's text embedding, trained on course captions labelled by the
   lexicon, to catch phrasings the lexicon misses ("a little lass", "a pupil raising her hand"). A query is
   restricted when the lexicon fires OR the probe's probability reaches its threshold.
-* Image probe: logistic regression (or a one-hidden-layer MLP) on image embeddings; an image is labelled positive
+* Image probe: logistic regression on image embeddings; an image is labelled positive
   when ANY of its captions mentions a child. Its threshold favours recall (chosen on out-of-fold predictions of a
   grouped cross-validation).
 
@@ -12,8 +12,7 @@ pickles. Inputs are L2-normalised, then standardised with the stored mean/scale.
 """
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -41,14 +40,12 @@ def _sigmoid(z: npt.NDArray[np.float64]) -> FloatArray:
 
 @dataclass(frozen=True, eq=False)
 class LinearProbe:
-    """p(child | x) = sigmoid(relu-stack(standardise(l2(x)))): a logistic regression, or an MLP when `hidden` is set.
+    """p(child | x) = sigmoid(standardise(l2(x)) . weight + bias): a logistic regression as plain arrays.
 
     Attributes:
         mean, scale: (d,) standardisation of the L2-normalised input.
-        weight: (d,) for logistic regression, or (h, 1) output layer when `hidden` is set.
-        bias: (1,) output bias.
+        weight: (d,) coefficients; bias: (1,).
         threshold: operating point; `predict` returns prob >= threshold.
-        hidden: optional ((d, h) weights, (h,) bias) pairs of ReLU layers before the output layer.
     """
 
     mean: FloatArray
@@ -56,7 +53,6 @@ class LinearProbe:
     weight: FloatArray
     bias: FloatArray
     threshold: float = 0.5
-    hidden: tuple[tuple[FloatArray, FloatArray], ...] = field(default_factory=tuple)
 
     @property
     def dim(self) -> int:
@@ -70,8 +66,6 @@ class LinearProbe:
                 "the probe was trained for another encoder -- retrain it or pick the matching encoder"
             )
         h = ((_l2(X) - self.mean) / self.scale).astype(np.float64)
-        for w, b in self.hidden:
-            h = np.maximum(h @ w + b, 0.0)
         return (h @ self.weight.reshape(h.shape[1], -1)).reshape(-1) + float(self.bias.reshape(-1)[0])
 
     def predict_proba(self, X: npt.ArrayLike) -> FloatArray:
@@ -82,10 +76,10 @@ class LinearProbe:
         return self.predict_proba(X) >= self.threshold
 
     def with_threshold(self, threshold: float) -> LinearProbe:
-        return LinearProbe(self.mean, self.scale, self.weight, self.bias, float(threshold), self.hidden)
+        return LinearProbe(self.mean, self.scale, self.weight, self.bias, float(threshold))
 
     def to_tensors(self, prefix: str = "") -> dict[str, np.ndarray]:
-        """Plain float32 arrays for safetensors (keys: mean, scale, weight, bias, threshold, hidden.<i>.w/b)."""
+        """Plain float32 arrays for safetensors (keys: mean, scale, weight, bias, threshold)."""
         out = {
             f"{prefix}mean": np.asarray(self.mean, np.float32),
             f"{prefix}scale": np.asarray(self.scale, np.float32),
@@ -93,9 +87,6 @@ class LinearProbe:
             f"{prefix}bias": np.asarray(self.bias, np.float32).reshape(1),
             f"{prefix}threshold": np.asarray([self.threshold], np.float32),
         }
-        for i, (w, b) in enumerate(self.hidden):
-            out[f"{prefix}hidden.{i}.w"] = np.asarray(w, np.float32)
-            out[f"{prefix}hidden.{i}.b"] = np.asarray(b, np.float32)
         return out
 
     @classmethod
@@ -107,12 +98,7 @@ class LinearProbe:
                 raise ModelMismatchError(f"child probe tensor {prefix + key!r} is missing; retrain the model folder")
             return np.asarray(tensors[prefix + key], np.float32)
 
-        hidden = []
-        while f"{prefix}hidden.{len(hidden)}.w" in tensors:
-            i = len(hidden)
-            hidden.append((get(f"hidden.{i}.w"), get(f"hidden.{i}.b")))
-        return cls(get("mean"), get("scale"), get("weight"), get("bias").reshape(1), float(get("threshold")[0]),
-                   tuple(hidden))
+        return cls(get("mean"), get("scale"), get("weight"), get("bias").reshape(1), float(get("threshold")[0]))
 
 
 # ----------------------------------------------------------------------------------------------- labels
@@ -176,37 +162,12 @@ def _fit_lr(X: FloatArray, y: BoolArray, C: float, class_weight: str | None,
     return LinearProbe(mean, scale, lr.coef_[0].astype(np.float32), lr.intercept_.astype(np.float32))
 
 
-def _fit_mlp(X: FloatArray, y: BoolArray, hidden: int, alpha: float, seed: int) -> LinearProbe:
-    """One ReLU layer; positives are oversampled to balance classes (MLPClassifier has no class_weight)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-
-    mean, scale = _standardiser(X)
-    Z = (_l2(X) - mean) / scale
-    rng = np.random.default_rng(seed)
-    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
-    extra = rng.choice(pos, size=max(len(neg) - len(pos), 0), replace=True) if len(pos) else pos
-    idx = np.concatenate([neg, pos, extra])
-    mlp = MLPClassifier((hidden,), alpha=alpha, max_iter=200, random_state=seed)
-    with warnings.catch_warnings():  # a capped iteration count is a deliberate regulariser here
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        mlp.fit(Z[idx], y[idx])
-    (w1, w2), (b1, b2) = mlp.coefs_, mlp.intercepts_
-    return LinearProbe(mean, scale, w2.astype(np.float32), b2.astype(np.float32),
-                       hidden=((w1.astype(np.float32), b1.astype(np.float32)),))
-
-
-def _fit(X: FloatArray, y: BoolArray, kind: str, C: float, hidden: int, alpha: float, seed: int) -> LinearProbe:
-    if kind == "lr":
-        return _fit_lr(X, y, C, "balanced")
-    if kind == "mlp":
-        return _fit_mlp(X, y, hidden, alpha, seed)
-    raise ValueError(f"probe kind {kind!r} is not supported; use 'lr' or 'mlp'")
+def _fit(X: FloatArray, y: BoolArray, C: float) -> LinearProbe:
+    return _fit_lr(X, y, C, "balanced")
 
 
 def out_of_fold(
-    X: FloatArray, y: BoolArray, groups: Sequence[Any], kind: str = "lr", C: float = 0.001, hidden: int = 128,
-    alpha: float = 1e-2, n_splits: int = 5, seed: int = 0,
+    X: FloatArray, y: BoolArray, groups: Sequence[Any], C: float = 0.001, n_splits: int = 5, seed: int = 0,
 ) -> FloatArray:
     """Out-of-fold probabilities from a grouped, stratified K-fold (no group spans train and validation)."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -216,7 +177,7 @@ def out_of_fold(
     oof = np.zeros(len(y), np.float32)
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     for tr, va in folds.split(X, y, np.asarray(groups)):
-        oof[va] = _fit(X[tr], y[tr], kind, C, hidden, alpha, seed).predict_proba(X[va])
+        oof[va] = _fit(X[tr], y[tr], C).predict_proba(X[va])
     return oof
 
 
@@ -254,7 +215,7 @@ def train_text_probe(
     y = np.asarray(labels, bool)
     if queries is None:
         groups = np.arange(len(y)) if groups is None else np.asarray(groups)
-        oof = out_of_fold(X, y, groups, "lr", C, n_splits=n_splits, seed=seed)
+        oof = out_of_fold(X, y, groups, C, n_splits=n_splits, seed=seed)
         return _fit_lr(X, y, C, "balanced").with_threshold(threshold_for_fpr(y, oof, max_fpr))
     from sklearn.model_selection import StratifiedKFold
 
@@ -273,8 +234,8 @@ def train_text_probe(
 
 
 def train_image_probe(
-    image_feats: npt.ArrayLike, labels: npt.ArrayLike, groups: Sequence[Any], kind: str = "lr", C: float = 0.001,
-    target_recall: float = 0.97, hidden: int = 128, alpha: float = 1e-2, n_splits: int = 5, seed: int = 0,
+    image_feats: npt.ArrayLike, labels: npt.ArrayLike, groups: Sequence[Any], C: float = 0.001,
+    target_recall: float = 0.97, n_splits: int = 5, seed: int = 0,
 ) -> tuple[LinearProbe, dict[str, float]]:
     """Image probe + its grouped cross-validated metrics.
 
@@ -286,9 +247,9 @@ def train_image_probe(
 
     X = np.asarray(image_feats, np.float32)
     y = np.asarray(labels, bool)
-    oof = out_of_fold(X, y, groups, kind, C, hidden, alpha, n_splits, seed)
+    oof = out_of_fold(X, y, groups, C, n_splits, seed)
     threshold = threshold_for_recall(y, oof, target_recall)
-    probe = _fit(X, y, kind, C, hidden, alpha, seed).with_threshold(threshold)
+    probe = _fit(X, y, C).with_threshold(threshold)
     return probe, policy_metrics(y, oof, threshold)
 
 

@@ -115,7 +115,7 @@ def evaluate_policy(
     emb = course_embeddings(data_dir, image_encoder, text_encoder, tuple(views))
     captions = course_captions(data_dir)
     y_img = image_child_labels(emb.image_names, captions)
-    oof = out_of_fold(emb.image_feats, y_img, np.asarray(emb.image_names), "lr", image_C)
+    oof = out_of_fold(emb.image_feats, y_img, np.asarray(emb.image_names), image_C)
     t_img = threshold_for_recall(y_img, oof, target_recall)
     out: dict[str, Any] = {
         "image_encoder": image_encoder, "text_encoder": text_encoder, "views": list(views),
