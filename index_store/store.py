@@ -95,17 +95,7 @@ class IndexStore:
 
         folder = _target(folder)
         vectors = np.asarray(vectors)
-        if vectors.ndim != 2:
-            raise ValueError(f"vectors must be (count, dim), got shape {vectors.shape}")
-        if len(meta) != len(vectors):
-            raise ValueError(f"meta has {len(meta)} rows but vectors has {len(vectors)}; row i must be FAISS id i")
-        missing = [c for c in META_COLUMNS if c not in meta.columns]
-        if missing:
-            raise ValueError(f"meta is missing columns {missing}; expected at least {list(META_COLUMNS)}")
-        if meta["rel_path"].duplicated().any():
-            raise ValueError(f"meta has duplicate rel_path values, e.g. {meta['rel_path'][meta['rel_path'].duplicated()].iloc[0]!r}")
-        if vector_dtype not in ("float32", "float16"):
-            raise ValueError(f"vector_dtype {vector_dtype!r} is not supported; use 'float32' or 'float16'")
+        _check_rows(vectors, meta, vector_dtype)
         metric = str(manifest_fields.get("metric", "ip"))
         if index is None:
             index, params = build_ann(vectors.astype(np.float32, copy=False), metric=metric, flat_max=flat_max)
@@ -114,19 +104,7 @@ class IndexStore:
         if index.ntotal != len(vectors):
             raise ValueError(f"index holds {index.ntotal} vectors but {len(vectors)} rows were given")
 
-        fields = dict(manifest_fields)
-        fields.update(
-            count=len(vectors),
-            dim=int(vectors.shape[1]),
-            metric=metric,
-            index_type=params.get("index_type", "flat"),
-            index_params={k: v for k, v in params.items() if k != "index_type"},
-            vector_dtype=vector_dtype,
-            versions={**library_versions(), **dict(fields.get("versions") or {})},
-            created=fields.get("created") or now_iso(),
-            updated=now_iso(),
-        )
-        manifest = Manifest.from_fields(fields)
+        manifest = _manifest(manifest_fields, vectors, metric, params, vector_dtype)
 
         folder.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(folder)
@@ -235,6 +213,39 @@ def read_meta(path: Path) -> pd.DataFrame:
         encoding="utf-8",
         encoding_errors="surrogateescape",
     )
+
+
+def _check_rows(vectors: npt.NDArray[Any], meta: pd.DataFrame, vector_dtype: str) -> None:
+    """ValueError naming what is wrong with rows the caller asked to write."""
+    if vectors.ndim != 2:
+        raise ValueError(f"vectors must be (count, dim), got shape {vectors.shape}")
+    if len(meta) != len(vectors):
+        raise ValueError(f"meta has {len(meta)} rows but vectors has {len(vectors)}; row i must be FAISS id i")
+    missing = [c for c in META_COLUMNS if c not in meta.columns]
+    if missing:
+        raise ValueError(f"meta is missing columns {missing}; expected at least {list(META_COLUMNS)}")
+    if meta["rel_path"].duplicated().any():
+        raise ValueError(f"meta has duplicate rel_path values, e.g. {meta['rel_path'][meta['rel_path'].duplicated()].iloc[0]!r}")
+    if vector_dtype not in ("float32", "float16"):
+        raise ValueError(f"vector_dtype {vector_dtype!r} is not supported; use 'float32' or 'float16'")
+
+
+def _manifest(manifest_fields: Mapping[str, Any], vectors: npt.NDArray[Any], metric: str, params: Mapping[str, Any],
+              vector_dtype: str) -> Manifest:
+    """The caller's identity fields plus what this write knows: counts, index type, versions, dates."""
+    fields = dict(manifest_fields)
+    fields.update(
+        count=len(vectors),
+        dim=int(vectors.shape[1]),
+        metric=metric,
+        index_type=params.get("index_type", "flat"),
+        index_params={k: v for k, v in params.items() if k != "index_type"},
+        vector_dtype=vector_dtype,
+        versions={**library_versions(), **dict(fields.get("versions") or {})},
+        created=fields.get("created") or now_iso(),
+        updated=now_iso(),
+    )
+    return Manifest.from_fields(fields)
 
 
 def _carry_over(folder: Path, tmp: Path, names: Sequence[str]) -> None:

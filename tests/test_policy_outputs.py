@@ -29,10 +29,9 @@ def spy(monkeypatch):
 
     monkeypatch.setattr(policy_apply, "apply_policy", wrapped)
     import retrieval.reports.evaluate as evaluate_mod
-    import retrieval.server.app as app_mod
     import retrieval.server.images as img_mod
 
-    for mod in (app_mod, img_mod, evaluate_mod):  # modules that import apply_policy by name
+    for mod in (img_mod, evaluate_mod):  # modules that import apply_policy by name
         monkeypatch.setattr(mod, "apply_policy", wrapped)
     return calls
 
@@ -115,9 +114,11 @@ def test_web_image_fetch_of_withheld_image_is_refused(fake_env, withheld, spy, t
 def test_every_result_emitting_module_imports_the_choke_point():
     """A new output path must be added above: modules that format results all call apply_policy."""
     root = Path(__file__).resolve().parents[1] / "retrieval"
-    emitting = {"cli.py", "demo.py", "reports/evaluate.py", "server/app.py", "server/images.py"}
+    emitting = {"cli.py", "demo.py", "reports/evaluate.py", "server/images.py"}
     for rel in emitting:
         assert "apply_policy" in (root / rel).read_text(encoding="utf-8"), rel
+    for rel in ("server/app.py", "server/review.py"):  # the web routes answer through images.public_result
+        assert "public_result(" in (root / rel).read_text(encoding="utf-8"), rel
     for path in root.rglob("*.py"):
         src = path.read_text(encoding="utf-8")
         if "search_many(" in src and path.relative_to(root).as_posix() not in emitting | {"search.py", "server/batcher.py", "server/fake.py"}:

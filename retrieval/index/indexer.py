@@ -84,79 +84,16 @@ def build_index(
     }
     prev, rebuilt_reason = _previous(index_dir, fields)
     store_cache = EmbeddingCache() if cache is True else (cache or None)
-
     plan = _plan(files, prev)
-    todo = [files[i] for i in plan.embed]
-    new_rows: list[int] = []
-    new_shas: list[str] = []
-    vec_parts: list[FloatArray] = []
-    prob_parts: list[npt.NDArray[np.float64]] = []
-    det_parts: list[list[str]] = []
-    failures: list[tuple[str, str]] = []
-    n_cached = 0
-    for batch in iter_embedded(todo, image_encoder, workers, batch_size, max_megapixels, store_cache, progress):
-        failures += batch.failures
-        n_cached += batch.n_cached
-        if not batch.ids:
-            continue
-        new_rows += [plan.embed[i] for i in batch.ids]
-        new_shas += batch.shas
-        vec_parts.append(_unit(np.asarray(project(batch.feats), dtype=np.float32), len(batch.ids)))
-        if detect is None:
-            prob_parts.append(np.full(len(batch.ids), np.nan))
-            det_parts.append([""] * len(batch.ids))
-        else:
-            found = detect([todo[i] for i in batch.ids], batch.feats)
-            prob_parts.append(np.asarray([d.prob for d in found], np.float64))
-            det_parts.append([d.to_json() for d in found])
+    new = _embed_new(files, plan, image_encoder, project, detect, workers, batch_size, max_megapixels, store_cache,
+                     progress)
+    if prev is None and not new.rows:
+        raise _nothing_indexed(root, files, new.failures)
+    append = _appendable(prev, plan, len(new.rows), flat_max)
+    vectors, meta = _assemble(files, prev, plan, new, append)
 
-    n_new = len(new_rows)
-    if prev is not None:
-        dim = prev.manifest.dim
-    elif vec_parts:
-        dim = vec_parts[0].shape[1]
-    else:
-        raise _nothing_indexed(root, files, failures)
-    if vec_parts and vec_parts[0].shape[1] != dim:  # heads changed dimension but kept model_id: refuse to mix
-        raise ValueError(f"project() returned dim {vec_parts[0].shape[1]} but the index has dim {dim}")
-
-    # Assemble rows in walk order (sorted rel_path): reused rows from the previous index, then new ones. Exception:
-    # a graph index (HNSW) that only gains images keeps its rows and ids and appends the new ones (`_appendable`).
-    file_rows = np.concatenate([plan.reuse_file, np.asarray(new_rows, np.int64)])
-    append = _appendable(prev, plan, len(new_rows), flat_max)
-    if append:
-        order = np.concatenate([np.argsort(plan.reuse_prev, kind="stable"),
-                                len(plan.reuse_prev) + np.argsort(np.asarray(new_rows, np.int64), kind="stable")])
-    else:
-        order = np.argsort(file_rows, kind="stable")
-    file_rows = file_rows[order]
-    reused_vectors = (
-        np.asarray(prev.vectors[plan.reuse_prev], dtype=np.float32) if prev is not None and len(plan.reuse_prev)
-        else np.zeros((0, dim), np.float32)
-    )
-    vectors = np.concatenate([reused_vectors, *vec_parts])[order]
-    shas = np.concatenate([
-        prev.meta["sha256"].to_numpy(dtype=object)[plan.reuse_prev] if prev is not None else np.zeros(0, object),
-        np.asarray(new_shas, dtype=object),
-    ])[order]
-    probs = np.concatenate([
-        prev.meta["child_prob"].to_numpy(np.float64)[plan.reuse_prev] if prev is not None else np.zeros(0),
-        *prob_parts,
-    ])[order]
-    detections = np.concatenate([
-        _prev_column(prev, "detection")[plan.reuse_prev] if prev is not None else np.zeros(0, object),
-        np.asarray([d for part in det_parts for d in part], dtype=object),
-    ])[order]
-    meta = pd.DataFrame({
-        "rel_path": [files[i].rel_path for i in file_rows],
-        "size": np.asarray([files[i].size for i in file_rows], np.int64),
-        "mtime_ns": np.asarray([files[i].mtime_ns for i in file_rows], np.int64),
-        "sha256": shas,
-        "child_prob": probs,
-        "detection": detections,
-    })
-
-    is_new = np.isin(np.asarray(new_rows, np.int64), plan.changed, invert=True)
+    n_new = len(new.rows)
+    is_new = np.isin(np.asarray(new.rows, np.int64), plan.changed, invert=True)
     added, updated = int(is_new.sum()), int(n_new - is_new.sum())
     removed = (len(prev.meta) - len(plan.reuse_prev) - updated) if prev is not None else 0
     changed_anything = prev is None or added or updated or removed or plan.touched
@@ -170,7 +107,8 @@ def build_index(
             ann.add(np.ascontiguousarray(vectors[len(plan.reuse_prev):], np.float32))
         # the operator's decisions (keyed by content hash) outlive every rebuild
         backend_for(index_dir).write(vectors, meta, fields, index=ann, index_params=ann_params, flat_max=flat_max,
-                         carry=(REVIEW_DIR,))
+                                     carry=(REVIEW_DIR,))
+    failures, n_cached = new.failures, new.n_cached
     return BuildReport(
         index_dir=index_dir,
         count=len(meta),
@@ -184,6 +122,84 @@ def build_index(
         written=bool(changed_anything),
         rebuilt_reason=rebuilt_reason,
     )
+
+
+@dataclass
+class _NewRows:
+    """What the embed pass produced for the files that needed it: `rows` index `files`, the rest align with it."""
+
+    rows: list[int] = field(default_factory=list)
+    shas: list[str] = field(default_factory=list)
+    vectors: list[FloatArray] = field(default_factory=list)
+    probs: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    detections: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    n_cached: int = 0
+
+
+def _embed_new(files: list[FileEntry], plan: "_Plan", encoder: ImageEncoder, project: Callable[[FloatArray], Any],
+               detect: Callable[[list[FileEntry], FloatArray], Sequence[Any]] | None, workers: int | None,
+               batch_size: int, max_megapixels: float | None, cache: EmbeddingCache | None,
+               progress: bool) -> _NewRows:
+    """Decode, embed, project and run the child detector on the files the plan could not reuse."""
+    todo = [files[i] for i in plan.embed]
+    out = _NewRows()
+    for batch in iter_embedded(todo, encoder, workers, batch_size, max_megapixels, cache, progress):
+        out.failures += batch.failures
+        out.n_cached += batch.n_cached
+        if not batch.ids:
+            continue
+        out.rows += [plan.embed[i] for i in batch.ids]
+        out.shas += batch.shas
+        out.vectors.append(_unit(np.asarray(project(batch.feats), dtype=np.float32), len(batch.ids)))
+        if detect is None:
+            out.probs.append(np.full(len(batch.ids), np.nan))
+            out.detections += [""] * len(batch.ids)
+        else:
+            found = detect([todo[i] for i in batch.ids], batch.feats)
+            out.probs.append(np.asarray([d.prob for d in found], np.float64))
+            out.detections += [d.to_json() for d in found]
+    return out
+
+
+def _assemble(files: list[FileEntry], prev: IndexReader | None, plan: "_Plan", new: _NewRows, append: bool
+              ) -> tuple[FloatArray, pd.DataFrame]:
+    """(vectors, meta) of the new index: rows in walk order (sorted rel_path), reused rows from the previous index
+    and new ones merged; except that a graph index that only gains images keeps its rows and appends (`append`)."""
+    dim = prev.manifest.dim if prev is not None else new.vectors[0].shape[1]
+    if new.vectors and new.vectors[0].shape[1] != dim:  # heads changed dimension but kept model_id: refuse to mix
+        raise ValueError(f"project() returned dim {new.vectors[0].shape[1]} but the index has dim {dim}")
+    new_rows = np.asarray(new.rows, np.int64)
+    file_rows = np.concatenate([plan.reuse_file, new_rows])
+    if append:
+        order = np.concatenate([np.argsort(plan.reuse_prev, kind="stable"),
+                                len(plan.reuse_prev) + np.argsort(new_rows, kind="stable")])
+    else:
+        order = np.argsort(file_rows, kind="stable")
+    file_rows = file_rows[order]
+    reuse = plan.reuse_prev
+    reused_vectors = (np.asarray(prev.vectors[reuse], dtype=np.float32) if prev is not None and len(reuse)
+                      else np.zeros((0, dim), np.float32))
+    vectors = np.concatenate([reused_vectors, *new.vectors])[order]
+
+    def column(name: str, kind: Any, fresh: Any) -> Any:
+        if prev is None:
+            old = np.zeros(0, kind)
+        elif kind is object:
+            old = _prev_column(prev, name)[reuse]
+        else:
+            old = prev.meta[name].to_numpy(kind)[reuse]
+        return np.concatenate([np.asarray(old, kind), np.asarray(fresh, kind)])[order]
+
+    meta = pd.DataFrame({
+        "rel_path": [files[i].rel_path for i in file_rows],
+        "size": np.asarray([files[i].size for i in file_rows], np.int64),
+        "mtime_ns": np.asarray([files[i].mtime_ns for i in file_rows], np.int64),
+        "sha256": column("sha256", object, new.shas),
+        "child_prob": column("child_prob", np.float64, np.concatenate(new.probs) if new.probs else np.zeros(0)),
+        "detection": column("detection", object, new.detections),
+    })
+    return vectors, meta
 
 
 def _appendable(prev: IndexReader | None, plan: "_Plan", n_new: int, flat_max: int) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import math
 import mimetypes
-from dataclasses import replace
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval import __version__
 from retrieval.limits import MAX_K, MAX_QUERY_CHARS
-from retrieval.errors import USER_ERRORS, ImageDecodeError, InvalidQueryError, RetrievalError
-from retrieval.policy.apply import apply_policy, validate_policy
+from retrieval.errors import USER_ERRORS, ImageDecodeError, InvalidQueryError
+from retrieval.policy.apply import validate_policy
 from retrieval.server.batcher import SearchBatcher, ServerBusyError
-from retrieval.policy.types import RawResult
-from retrieval.server.images import ImageNotFoundError, ImageService, ImageWithheldError, image_threshold
+from retrieval.server.images import ImageNotFoundError, ImageService, ImageWithheldError, public_result
+from retrieval.server.review import ReviewForbiddenError, review_router
 
-
-class ReviewForbiddenError(RetrievalError):
-    """Review routes on a server that does not show flagged images (HTTP 403)."""
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: The only files /static serves (a fixed table: no client-given path ever reaches the file system).
@@ -84,22 +80,30 @@ def parse_search_params(q: str | None, k: str | None, min_score: str | None) -> 
     return text, k_val, ms_val
 
 
-def public_result(raw: Any, policy: str) -> dict[str, Any]:
-    """`apply_policy(raw, policy)` plus url/thumb on each hit the policy left visible (withheld hits get none), and
-    under audit the row id (for the review buttons)."""
-    out = apply_policy(raw, policy)
-    if out["hits"]:
-        for shown, hit in zip(out["hits"], raw.hits):
-            if policy == "audit":  # the operator's review buttons name the row
-                shown["id"] = int(hit.image_id)
-            if shown["path"] is not None:
-                shown["url"] = f"/api/image/{int(hit.image_id)}"
-                shown["thumb"] = f"/api/thumb/{int(hit.image_id)}"
-    return out
-
-
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error becomes JSON {"error": one line naming the fix} with its status (`_STATUS`, else 500)."""
+
+    async def _user_error(_req: Request, err: Exception) -> JSONResponse:
+        status = next((code for cls, code in _STATUS.items() if isinstance(err, cls)), 500)
+        return _error(status, str(err))
+
+    for kind in USER_ERRORS:
+        app.add_exception_handler(kind, _user_error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(req: Request, err: StarletteHTTPException) -> JSONResponse:
+        message = f"no route {req.url.path[:80]!r}; open / for the search page" if err.status_code == 404 else str(err.detail)
+        return _error(err.status_code, message, getattr(err, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_req: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"invalid {where or 'request'}: {first.get('msg', 'bad value')}")
 
 
 def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path | None = None,
@@ -124,23 +128,7 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
                   openapi_url="/api/openapi.json")
     app.state.retriever, app.state.batcher, app.state.images, app.state.policy = retriever, batcher, images, policy
 
-    async def _user_error(_req: Request, err: Exception) -> JSONResponse:
-        status = next((code for cls, code in _STATUS.items() if isinstance(err, cls)), 500)
-        return _error(status, str(err))
-
-    for kind in USER_ERRORS:
-        app.add_exception_handler(kind, _user_error)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(req: Request, err: StarletteHTTPException) -> JSONResponse:
-        message = f"no route {req.url.path[:80]!r}; open / for the search page" if err.status_code == 404 else str(err.detail)
-        return _error(err.status_code, message, getattr(err, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_req: Request, err: RequestValidationError) -> JSONResponse:
-        first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(422, f"invalid {where or 'request'}: {first.get('msg', 'bad value')}")
+    _add_error_handlers(app)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -163,55 +151,7 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
         raw = await asyncio.wrap_future(batcher.submit(text, k_val, ms_val))
         return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
 
-    def _reviewable() -> Any:
-        if policy != "audit":
-            raise ReviewForbiddenError("operator review needs a server started with `retrieve serve --policy audit`")
-        from retrieval.review import OpenedIndex
-
-        if not hasattr(retriever, "policy"):
-            raise ReviewForbiddenError("this server's index does not support operator review")
-        # decisions and the queue share the retriever's own image policy, so answers show in the next search
-        return OpenedIndex(Path(retriever.store.folder), retriever.store, retriever.model, retriever.policy)
-
-    def _audit_hits(ids: list[int]) -> list[dict[str, Any]]:
-        hits = [replace(images.hit(i), rank=r + 1) for r, i in enumerate(ids)]
-        raw = RawResult(query="", query_child=False, hits=hits, image_threshold=image_threshold(retriever))
-        return public_result(raw, policy)["hits"]
-
-    @app.post("/api/review")
-    async def review(request: Request) -> JSONResponse:
-        from retrieval.review import decide_row
-
-        opened = _reviewable()
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            raise InvalidQueryError('send a JSON object {"id": N, "decision": "child"|"none"|"clear", "operator": "name"}')
-        raw_id = body.get("id")
-        if not isinstance(raw_id, int) or isinstance(raw_id, bool) or not 0 <= raw_id < int(retriever.store.count):
-            raise InvalidQueryError(f"id must be an index row 0..{int(retriever.store.count) - 1}; take it from a hit's url")
-        decision = body.get("decision")
-        if decision not in ("child", "none", "clear"):
-            raise InvalidQueryError("decision must be 'child', 'none' or 'clear'")
-        operator = body.get("operator")
-        what, _ = decide_row(opened, raw_id, decision, operator if isinstance(operator, str) else None)
-        return JSONResponse({"result": what, "hit": _audit_hits([raw_id])[0]}, headers=_NO_STORE)
-
-    @app.get("/api/review/queue")
-    def review_queue(n: str | None = None) -> JSONResponse:
-        from retrieval.review import next_for_review
-
-        opened = _reviewable()
-        try:
-            count = int(n) if n is not None else 20
-        except ValueError:
-            count = 0
-        if not 1 <= count <= MAX_K:
-            raise InvalidQueryError(f"n must be an integer in 1..{MAX_K}, got {str(n)[:20]!r}; pass e.g. n=20")
-        ids = [int(d["id"]) for d in next_for_review(opened.folder, count, opened=opened)]
-        return JSONResponse({"hits": _audit_hits(ids)}, headers=_NO_STORE)
+    app.include_router(review_router(retriever, policy, images))
 
     @app.get("/api/image/{image_id}")
     def image(image_id: str) -> FileResponse:

@@ -138,3 +138,17 @@ class ImageService:
             while self._lru_bytes > self.memory_bytes and len(self._lru) > 1:
                 _, old = self._lru.popitem(last=False)
                 self._lru_bytes -= len(old)
+
+
+def public_result(raw: Any, policy: str) -> dict[str, Any]:
+    """`apply_policy(raw, policy)` plus url/thumb on each hit the policy left visible (withheld hits get none), and
+    under audit the row id (for the review buttons)."""
+    out = apply_policy(raw, policy)
+    if out["hits"]:
+        for shown, hit in zip(out["hits"], raw.hits):
+            if policy == "audit":  # the operator's review buttons name the row
+                shown["id"] = int(hit.image_id)
+            if shown["path"] is not None:
+                shown["url"] = f"/api/image/{int(hit.image_id)}"
+                shown["thumb"] = f"/api/thumb/{int(hit.image_id)}"
+    return out
