@@ -11,7 +11,7 @@ OUT    ?= demo_out
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,scale]'
 	# The child detector's face finder (MTCNN weights ship in the wheel). --no-deps: its metadata pins torch<2.3,
 	# numpy<2 and pillow<10.3, none of which it needs; what it imports (torch, torchvision, requests) is ours.
 	$(PY) -m pip install --quiet --no-deps facenet-pytorch==2.6.0

@@ -1,7 +1,7 @@
 """The seam a second index backend plugs into: what the application needs from an index, as two Protocols.
 
-`IndexStore` (a FAISS folder, `index_store.store`) is the one backend today; `backend_for(location)` picks the
-backend from the location the user gave (`--index`).
+Two backends: a FAISS folder (`store.FolderBackend`, the default) and Milvus (`milvus.MilvusBackend`: Milvus Lite
+for a `.db`, a server for an `http(s)://` URI); `backend_for(location)` picks one from what the user gave (`--index`).
 """
 from __future__ import annotations
 
@@ -49,9 +49,25 @@ class IndexBackend(Protocol):
 
     def lock(self, timeout: float = 60.0) -> ContextManager[Any]: ...
 
+    def sidecar_root(self) -> Path:
+        """A local folder for data kept beside the index (operator reviews)."""
+        ...
+
 
 def backend_for(location: str | os.PathLike[str]) -> IndexBackend:
-    """The backend that serves `location`: a folder path -> a FAISS folder (`store.FolderBackend`)."""
+    """The backend that serves `location`: `*.db` -> Milvus Lite, `http(s)://…` -> a Milvus server (both
+    `index_store.milvus`, opened once per location in a process), any other path -> a FAISS folder."""
+    from index_store.milvus import MilvusBackend, is_milvus_location, normalise_uri
+
+    if is_milvus_location(location):
+        uri = normalise_uri(location)
+        if uri not in _MILVUS:
+            _MILVUS[uri] = MilvusBackend(uri)
+        return _MILVUS[uri]
     from index_store.store import FolderBackend
 
     return FolderBackend(Path(location))
+
+
+#: One client per Milvus location and process (Milvus Lite allows one process per .db, and a reconnect costs).
+_MILVUS: dict[str, Any] = {}

@@ -84,23 +84,29 @@ class Manifest:
     def read(cls, folder: Path) -> "Manifest":
         """Parse and version-check. Raises IndexVersionError for a newer format, ValueError if malformed."""
         path = Path(folder) / MANIFEST_NAME
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} is not a JSON object")
-        version = data.get("format_version")
-        if not isinstance(version, int):
-            raise ValueError(f"{path} has no integer format_version")
-        if version > FORMAT_VERSION:
-            raise IndexVersionError(
-                f"index at {str(folder)!r} has format_version {version}, this version of retrieval reads up to "
-                f"{FORMAT_VERSION}; upgrade retrieval or rebuild with `retrieve build-index IMAGES --index {folder}`"
-            )
-        if version < FORMAT_VERSION:
-            raise IndexOutdatedError(
-                f"index at {str(folder)!r} has format_version {version} (before the child detector); rebuild it "
-                f"with `retrieve build-index IMAGES --index {folder}`"
-            )
-        return cls.from_fields(data)
+        return parse_manifest(json.loads(path.read_text(encoding="utf-8")), folder, str(path))
+
+
+def parse_manifest(data: Any, location: str | Path, source: str | None = None) -> Manifest:
+    """A manifest from its JSON object, version-checked (IndexVersionError / IndexOutdatedError, ValueError if
+    malformed); `location` is what the messages name (a folder, a .db, a URI)."""
+    source = source or str(location)
+    if not isinstance(data, dict):
+        raise ValueError(f"{source} is not a JSON object")
+    version = data.get("format_version")
+    if not isinstance(version, int):
+        raise ValueError(f"{source} has no integer format_version")
+    if version > FORMAT_VERSION:
+        raise IndexVersionError(
+            f"index at {str(location)!r} has format_version {version}, this version of retrieval reads up to "
+            f"{FORMAT_VERSION}; upgrade retrieval or rebuild with `retrieve build-index IMAGES --index {location}`"
+        )
+    if version < FORMAT_VERSION:
+        raise IndexOutdatedError(
+            f"index at {str(location)!r} has format_version {version} (before the child detector); rebuild it "
+            f"with `retrieve build-index IMAGES --index {location}`"
+        )
+    return Manifest.from_fields(data)
 
 
 def check_expected(manifest: Manifest, expect: Mapping[str, Any] | None, folder: Path) -> None:

@@ -202,6 +202,10 @@ class FolderBackend:
     def lock(self, timeout: float = 60.0) -> Any:
         return IndexStore.lock(self.folder, timeout)
 
+    def sidecar_root(self) -> Path:
+        """Where sidecar folders (e.g. `reviews/`) live: inside the index folder, carried across writes."""
+        return self.folder
+
 
 def read_meta(path: Path) -> pd.DataFrame:
     """meta.csv with exact dtypes: names like "NA" or "123" stay strings; an empty child_prob is NaN."""

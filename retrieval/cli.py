@@ -258,7 +258,7 @@ def review_cmd(index_dir: Path, model_dir: Path | None, image: str | None, row: 
 
     from retrieval import review
     from retrieval.errors import InvalidQueryError
-    from retrieval.policy.review import ReviewStore
+    from retrieval.policy.review import ReviewStore, review_root
 
     actions = [decision is not None, list_all, next_n is not None, export_file is not None, import_file is not None]
     if sum(actions) != 1:
@@ -284,9 +284,9 @@ def review_cmd(index_dir: Path, model_dir: Path | None, image: str | None, row: 
             state = "withheld" if d["withheld"] else "shown"
             click.echo(f"id {d['id']:>6}  {state:<8}  P(child) {d['child_prob']:.2f}  {d['path']}")
     elif export_file is not None:
-        click.echo(f"exported {ReviewStore(index_dir).export(export_file)} decisions to {export_file}")
+        click.echo(f"exported {ReviewStore(review_root(index_dir)).export(export_file)} decisions to {export_file}")
     else:
-        changed, read = ReviewStore(index_dir).import_file(import_file)  # type: ignore[arg-type]
+        changed, read = ReviewStore(review_root(index_dir)).import_file(import_file)  # type: ignore[arg-type]
         click.echo(f"imported {changed} of {read} decisions (the rest were already here or older)")
 
 

@@ -18,7 +18,8 @@ from retrieval.hashing import sha256_file
 from retrieval.policy.operator import IndexPolicy
 from retrieval.policy.queue import calibration, expected_gain, review_queue
 from retrieval.policy.refit import REFIT_FILE, Refit, RefitRefusedError, fit_refit
-from retrieval.policy.review import REVIEW_DIR, Decision, ReviewStore, check_decision, default_operator, now_iso
+from retrieval.policy.review import (REVIEW_DIR, Decision, ReviewStore, check_decision, default_operator, now_iso,
+                                     review_root)
 
 
 @dataclass
@@ -35,7 +36,7 @@ class OpenedIndex:
         from retrieval.search import open_index
 
         store, model = open_index(index_dir, model_dir)
-        return cls(Path(index_dir), store, model, policy_for(Path(index_dir), store, model))
+        return cls(Path(store.folder), store, model, policy_for(Path(store.folder), store, model))
 
     def rel_path(self, row: int) -> str:
         return str(self.store.meta["rel_path"].iloc[row])
@@ -105,12 +106,12 @@ def decide_row(opened: OpenedIndex, row: int, decision: str, operator: str | Non
 def list_decisions(index_dir: str | Path) -> list[dict[str, Any]]:
     """Every decision with where the image is in the index now (None when it is not in this index)."""
 
-    store = backend_for(Path(index_dir)).load()
+    store = backend_for(index_dir).load()
     where: dict[str, tuple[int, str]] = {}
     for i, (sha, rel) in enumerate(zip(store.meta["sha256"].astype(str), store.meta["rel_path"].astype(str))):
         where.setdefault(sha, (i, rel))
     out = []
-    for sha, d in sorted(ReviewStore(index_dir).decisions().items(), key=lambda kv: kv[1].time):
+    for sha, d in sorted(ReviewStore(store.folder).decisions().items(), key=lambda kv: kv[1].time):
         row, rel = where.get(sha, (None, None))
         out.append({"sha256": sha, "decision": d.decision, "operator": d.operator, "time": d.time, "id": row,
                     "rel_path": rel, "rel_path_when_decided": d.rel_path})
@@ -181,9 +182,10 @@ def refit(index_dir: str | Path, model_dir: str | Path | None = None, dry_run: b
 def undo_refit(index_dir: str | Path, operator: str | None = None) -> bool:
     """Remove the refit (back to the detector's own fusion and threshold); logged. False when there was none."""
 
-    path = Path(index_dir) / REVIEW_DIR / REFIT_FILE
-    store = ReviewStore(index_dir)
-    with backend_for(index_dir).lock():
+    root = review_root(index_dir)
+    path = root / REVIEW_DIR / REFIT_FILE
+    store = ReviewStore(root)
+    with backend_for(root).lock():
         if not path.is_file():
             return False
         path.unlink()

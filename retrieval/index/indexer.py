@@ -72,7 +72,7 @@ def build_index(
     Raises DatasetError if the folder is missing or nothing could be indexed (and nothing was before).
     """
     root = check_images_root(images_dir)
-    index_dir = Path(index_dir).expanduser().absolute()
+    index_dir = index_location(index_dir)
     files = walk_images(root)
     # Caller's identity wins (it is what `load(expect=index_identity(model))` compares against).
     fields = {
@@ -256,7 +256,16 @@ def _prev_column(prev: IndexReader, name: str) -> npt.NDArray[np.object_]:
     return np.full(len(prev.meta), "", dtype=object)
 
 
-def _previous(index_dir: Path, fields: Mapping[str, Any]) -> tuple[IndexReader | None, str | None]:
+def index_location(index_dir: str | os.PathLike[str]) -> Any:
+    """A folder index as an absolute path; a Milvus location (`x.db`, `http://…`) as its normalised URI."""
+    from index_store.milvus import is_milvus_location, normalise_uri
+
+    if is_milvus_location(index_dir):
+        return normalise_uri(index_dir)
+    return Path(index_dir).expanduser().absolute()
+
+
+def _previous(index_dir: Any, fields: Mapping[str, Any]) -> tuple[IndexReader | None, str | None]:
     """The previous index if its vectors can be reused; else (None, why). A newer format_version propagates;
     an older one (before the child detector) and a corrupt folder are rebuilt from scratch (the cache keeps it cheap)."""
     if not backend_for(index_dir).exists():

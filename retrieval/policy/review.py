@@ -79,8 +79,13 @@ def check_decision(value: str) -> ReviewDecision:
     return value  # type: ignore[return-value]
 
 
+def review_root(location: str | os.PathLike[str]) -> Path:
+    """The local folder that holds an index's `reviews/`: the index folder itself, or a Milvus index's sidecar."""
+    return Path(backend_for(location).sidecar_root())
+
+
 class ReviewStore:
-    """Reads and writes the `reviews/` folder of one index folder (see module docstring)."""
+    """Reads and writes the `reviews/` folder under an index's review root (see module docstring, `review_root`)."""
 
     def __init__(self, index_dir: str | os.PathLike[str]) -> None:
         self.index_dir = Path(index_dir)
@@ -158,10 +163,12 @@ class ReviewStore:
 
     # ---------------------------------------------------------------- internals
     def _locked(self) -> Any:
-        if not backend_for(self.index_dir).exists():
+        from index_store.store import IndexStore
+
+        if not self.index_dir.is_dir():
             raise RetrievalError(f"no index at {str(self.index_dir)!r}; run `retrieve build-index IMAGES --index "
                                  f"{self.index_dir}` before reviewing")
-        return backend_for(self.index_dir).lock()
+        return IndexStore.lock(self.index_dir)  # the same lock file the index's own writes take
 
     def _write(self, decisions: Mapping[str, Decision], log_entries: list[dict[str, Any]]) -> None:
         self.folder.mkdir(exist_ok=True)
