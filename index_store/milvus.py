@@ -7,7 +7,8 @@ in the same state), the projected vector (inner product), rel_path, size, mtime_
 none), detection. The manifest (identity, format version) is stored as a collection property and checked on open
 like the folder's manifest.json; it is written last, so a collection without it is an unfinished first build.
 Index type: FLAT on Milvus Lite (it builds no real ANN; exact like the FAISS flat index), HNSW (M 32,
-efConstruction 80, ef 768 at search) on a server. Every read is `consistency_level="Strong"`.
+efConstruction 80, ef 768 at search) on a server. Reads that must see the last write are
+`consistency_level="Strong"`; searches are "Bounded".
 
 Sidecar data (operator reviews) lives in a local folder (`sidecar_root`): beside a `.db`, under the user cache
 for a server.
@@ -241,8 +242,10 @@ class MilvusBackend:
     # ------------------------------------------------------------------ reads for MilvusIndex
     def search_ids(self, queries: npt.NDArray[np.float32], k: int) -> tuple[list[list[float]], list[list[int]]]:
         params = {"metric_type": "IP"} if self.lite else {"metric_type": "IP", "params": {"ef": max(HNSW["ef"], k)}}
+        # "Bounded": a query need not wait for the very last write (Strong waits for the next time tick, ~200 ms on
+        # a server); reads that must see a write (load, the writer's diff, vectors for the rows just loaded) are Strong
         res = self.client().search(self.collection, data=[q.tolist() for q in queries], limit=k, search_params=params,
-                                   output_fields=["id"], consistency_level="Strong")
+                                   output_fields=["id"], consistency_level="Bounded")
         return [[float(h["distance"]) for h in hits] for hits in res], [[int(h["id"]) for h in hits] for hits in res]
 
     def vectors_of(self, ids: Sequence[int]) -> dict[int, npt.NDArray[np.float32]]:
