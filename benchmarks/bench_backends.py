@@ -1,13 +1,15 @@
 """The same index through each backend: FAISS folder, Milvus Lite (`x.db`) and, where it starts, a Milvus server.
 
-    python benchmarks/bench_backends.py [--n 100000] [--queries 200] [--server] [--json]
+    python benchmarks/bench_backends.py [--n 100000] [--queries 200] [--server] [--ray-images 500] [--json]
 
 Vectors: the real projected course images + a Gaussian mixture fitted to them (`bench_query.build_vectors`, default
 model); queries: real course captions through the model's text projection. Per backend: insert throughput
 (`backend.write` of all rows), per-query search p50/p99 (top-10, one query at a time, after warm-up) and recall@10
 against exact inner-product search on the same float32 vectors. `--server` also starts the embedded Milvus 2.3.5
 server (PyPI `milvus`) in a private network namespace (`unshare -rn`, as the slow test does) and measures it there.
-Writes benchmarks/results/bench_backends.json.
+`--ray-images N`: `retrieve build-index` of the first N course images (`--model light`, fresh embedding caches, fresh
+processes) in one process and with `--ray` (a local Ray on this machine's CPUs), wall times and their ratio.
+Writes benchmarks/results/bench_backends_<n>.json.
 """
 from __future__ import annotations
 
@@ -93,11 +95,36 @@ finally:
 """
 
 
+def ray_vs_single(n_images: int) -> dict[str, Any]:
+    import os
+
+    from retrieval.config import course_data_dir
+
+    src = course_data_dir() / "train_images"
+    out: dict[str, Any] = {"images": n_images, "model": "light"}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for name in sorted(os.listdir(src))[:n_images]:
+            (folder / name).symlink_to(src / name)
+        exe = [sys.executable, "-m", "retrieval.cli", "build-index", str(folder), "--model", "light", "--quiet"]
+        for name, extra in (("single_process", []), ("ray_local", ["--ray"])):
+            env = {**os.environ, "RETRIEVAL_CACHE_DIR": f"{tmp}/cache-{name}"}
+            t = time.perf_counter()
+            res = subprocess.run([*exe, "--index", f"{tmp}/{name}", *extra], env=env, capture_output=True, text=True)
+            out[f"{name}_s"] = round(time.perf_counter() - t, 2)
+            if res.returncode:
+                out[f"{name}_error"] = res.stderr[-300:]
+    out["ray_over_single"] = round(out["ray_local_s"] / out["single_process_s"], 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--server", action="store_true", help="also measure the embedded Milvus server")
+    ap.add_argument("--ray-images", type=int, default=0, help="also time build-index with and without --ray")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     import faiss
@@ -123,6 +150,9 @@ def main() -> None:
             results.append(json.loads(line[7:]) if line else {"location": "server", "error": res.stderr[-500:]})
             print(json.dumps(results[-1]), flush=True)
     out = {**info, "results": results}
+    if args.ray_images:
+        out["ray"] = ray_vs_single(args.ray_images)
+        print(json.dumps(out["ray"]), flush=True)
     path = write_json(RESULTS_DIR / f"bench_backends_{args.n}.json", out)
     print(f"wrote {path}")
 

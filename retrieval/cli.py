@@ -67,14 +67,18 @@ def report_cmd(data_dir: Path, out_dir: Path, policy: bool) -> None:
               help="Skip images larger than this (decompression-bomb guard).")
 @click.option("--image-weights", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Weights file for the model's image encoder (e.g. ResNet offline; must match the model).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Embed on Ray actors: alone = a local Ray, with host:port = join that cluster (pip install '.[scale]').")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build_index_cmd(images_dir: Path, index_dir: Path, model_dir: Path | None, workers: int | None,
-                    batch_size: int, max_megapixels: float, image_weights: Path | None, quiet: bool) -> None:
+                    batch_size: int, max_megapixels: float, image_weights: Path | None, ray_address: str | None,
+                    quiet: bool) -> None:
     """Embed the images under IMAGES_DIR (recursively) into INDEX_DIR; re-runs are incremental."""
     from retrieval.index.build import build_index_with_model
 
     report = build_index_with_model(images_dir, index_dir, model_dir, workers=workers, batch_size=batch_size,
-                                    max_megapixels=max_megapixels, progress=not quiet, image_weights=image_weights)
+                                    max_megapixels=max_megapixels, progress=not quiet, image_weights=image_weights,
+                                    ray=ray_address)
     for rel_path, reason in report.failures:
         click.echo(f"skipped {rel_path}: {reason}", err=True)
     click.echo(f"{index_dir}: added {report.added}, updated {report.updated}, removed {report.removed}, "

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.encoders import build_image_encoder
+from retrieval.index.ray_embed import ray_embedder
 from retrieval.errors import DetectorUnavailableError, ImageDecodeError, ModelMismatchError
 from retrieval.index.imageio import load_image
 from retrieval.index.indexer import build_index
@@ -41,11 +42,13 @@ def build_index_with_model(
     max_megapixels: float = 100.0,
     progress: bool = True,
     image_weights: str | Path | None = None,
+    ray: str | None = None,
 ) -> Any:
     """Embed every image under `images_dir` with the model's encoders and write/update `index_dir` atomically.
 
     `image_weights`: a weights file for the image encoder (e.g. ResNet offline); it must be the one the model was
-    trained with (checked by checksum)."""
+    trained with (checked by checksum). `ray`: "local" embeds on a local Ray, an address joins that cluster
+    (`ray_embed`); None embeds in this process."""
 
     model = load_model(model_dir)
     encoder = build_image_encoder(model.config.image_encoder, Path(image_weights) if image_weights else None,
@@ -67,4 +70,6 @@ def build_index_with_model(
         batch_size=batch_size,
         max_megapixels=max_megapixels,
         progress=progress,
+        embed=None if ray is None else ray_embedder(model.config.image_encoder, model.config.image_views,
+                                                    image_weights, None if ray == "local" else ray),
     )

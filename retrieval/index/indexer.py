@@ -62,13 +62,15 @@ def build_index(
     progress: bool = False,
     cache: EmbeddingCache | bool = True,
     flat_max: int = FLAT_MAX,
+    embed: Callable[..., Any] | None = None,
 ) -> BuildReport:
     """Index every decodable image under `images_dir` into `index_dir` (created or refreshed atomically).
 
     `project(feats) -> (n, d)` maps encoder features to search vectors (re-normalised here so "ip" = cosine);
     `detect(entries, feats) -> [Detection]` is the child detector (retrieval.policy.detector): its probability is
     stored per row as `child_prob` and its JSON as `detection` (NaN / "" when None). `workers=None` = min(4, cpus). `cache=True` uses the default
-    EmbeddingCache in retrieval.config.cache_dir(), False disables it.
+    EmbeddingCache in retrieval.config.cache_dir(), False disables it. `embed` replaces `embed.iter_embedded` (same
+    arguments and batches), e.g. `ray_embed.ray_embedder(...)` to embed on a Ray cluster.
     Raises DatasetError if the folder is missing or nothing could be indexed (and nothing was before).
     """
     root = check_images_root(images_dir)
@@ -86,7 +88,7 @@ def build_index(
     store_cache = EmbeddingCache() if cache is True else (cache or None)
     plan = _plan(files, prev)
     new = _embed_new(files, plan, image_encoder, project, detect, workers, batch_size, max_megapixels, store_cache,
-                     progress)
+                     progress, embed or iter_embedded)
     if prev is None and not new.rows:
         raise _nothing_indexed(root, files, new.failures)
     append = _appendable(prev, plan, len(new.rows), flat_max)
@@ -140,11 +142,11 @@ class _NewRows:
 def _embed_new(files: list[FileEntry], plan: "_Plan", encoder: ImageEncoder, project: Callable[[FloatArray], Any],
                detect: Callable[[list[FileEntry], FloatArray], Sequence[Any]] | None, workers: int | None,
                batch_size: int, max_megapixels: float | None, cache: EmbeddingCache | None,
-               progress: bool) -> _NewRows:
+               progress: bool, embed: Callable[..., Any]) -> _NewRows:
     """Decode, embed, project and run the child detector on the files the plan could not reuse."""
     todo = [files[i] for i in plan.embed]
     out = _NewRows()
-    for batch in iter_embedded(todo, encoder, workers, batch_size, max_megapixels, cache, progress):
+    for batch in embed(todo, encoder, workers, batch_size, max_megapixels, cache, progress):
         out.failures += batch.failures
         out.n_cached += batch.n_cached
         if not batch.ids:
