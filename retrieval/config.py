@@ -16,8 +16,17 @@ DEFAULT_MODEL_DIR = PACKAGE_DIR / "default_model"
 #: Model folders shipped in the package, usable by name with --model (a real folder of that name wins).
 PACKAGED_MODELS = {"default": DEFAULT_MODEL_DIR, "light": PACKAGE_DIR / "light_model"}
 
-#: Files with these extensions (any case) are images to index and to read from course folders.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+#: Camera RAW files: decoded with rawpy when the `raw` extra is installed (`pip install 'retrieval[raw]'`).
+RAW_EXTENSIONS: frozenset[str] = frozenset({".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng",
+                                            ".orf", ".rw2", ".raf", ".pef", ".srw", ".x3f", ".3fr", ".erf", ".kdc",
+                                            ".mrw", ".rwl", ".iiq"})
+#: Files with these extensions (any case) are images to index and to read from course folders; files with other
+#: names are still indexed when their first bytes are an image signature (`index.imageio.sniff_image`).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".j2k", ".j2c", ".jpx", ".jpf", ".avif", ".heic", ".heif", ".hif",
+    ".qoi", ".tga",
+}) | RAW_EXTENSIONS
 
 DISCLAIMER = "This image is unavailable in your country in compliance with local laws"
 

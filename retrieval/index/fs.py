@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retrieval.errors import DatasetError
-from retrieval.index.imageio import IMAGE_EXTENSIONS, is_image_path
+from retrieval.index.imageio import IMAGE_EXTENSIONS, is_image_path, sniff_image
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,11 @@ def check_images_root(root: str | os.PathLike[str]) -> Path:
 
 
 def walk_images(root: str | os.PathLike[str]) -> list[FileEntry]:
-    """All image files (by extension, see IMAGE_EXTENSIONS) under `root`, sorted by rel_path.
+    """All image files under `root`, sorted by rel_path: by extension (IMAGE_EXTENSIONS), or by content when the
+    name says nothing (its first bytes are an image signature: `imageio.sniff_image`).
 
     Skipped silently: names starting with "." (hidden files/folders, .DS_Store, AppleDouble "._x.jpg"),
-    non-image extensions, broken symlinks and folders that cannot be listed.
+    other files, broken symlinks and folders that cannot be listed.
     """
     base = check_images_root(root)
     seen_dirs: set[tuple[int, int]] = set()
@@ -69,7 +70,7 @@ def walk_images(root: str | os.PathLike[str]) -> list[FileEntry]:
                 if key not in seen_dirs:
                     seen_dirs.add(key)
                     subdirs.append((entry.path, rel + "/"))
-            elif stat.S_ISREG(st.st_mode) and is_image_path(name):
+            elif stat.S_ISREG(st.st_mode) and (is_image_path(name) or sniff_image(entry.path)):
                 out.append(FileEntry(rel, Path(entry.path), st.st_size, st.st_mtime_ns))
         stack.extend(reversed(subdirs))  # depth-first in sorted order
     out.sort(key=lambda f: f.rel_path)

@@ -38,6 +38,68 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
+#: Leading bytes of image formats, for files whose name does not say what they are (`sniff_image`).
+_SIGNATURES: tuple[tuple[int, bytes], ...] = (
+    (0, b"\xff\xd8\xff"), (0, b"\x89PNG\r\n\x1a\n"), (0, b"GIF87a"), (0, b"GIF89a"), (0, b"BM"),
+    (0, b"II*\x00"), (0, b"MM\x00*"), (0, b"\x00\x00\x00\x0cjP  \r\n\x87\n"), (0, b"\xff\x4f\xff\x51"),
+    (0, b"qoif"), (8, b"WEBP"), (4, b"ftypheic"), (4, b"ftypheix"), (4, b"ftypmif1"), (4, b"ftypavif"),
+    (4, b"ftypavis"), (4, b"ftyphevc"),
+)
+_NETPBM = re.compile(rb"^P[1-6]\s")
+
+
+def sniff_image(path: str | os.PathLike[str]) -> bool:
+    """True when the file's first bytes are an image signature (JPEG, PNG, GIF, BMP, TIFF, JPEG 2000, WebP,
+    HEIF/AVIF, QOI, netpbm): what finds a photo saved without (or with the wrong) extension."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError:
+        return False
+    return any(head[at:at + len(sig)] == sig for at, sig in _SIGNATURES) or bool(_NETPBM.match(head))
+
+
+_plugins_lock = threading.Lock()
+_plugins_ready = False
+
+
+def _register_plugins() -> None:
+    """HEIC/HEIF decoding for Pillow (pillow-heif); AVIF and JPEG 2000 are built into Pillow."""
+    global _plugins_ready
+    if _plugins_ready:
+        return
+    with _plugins_lock:
+        try:
+            from pillow_heif import register_heif_opener
+
+            register_heif_opener()
+        except ImportError:  # without pillow-heif a HEIC file is skipped with a reason naming the fix
+            pass
+        _plugins_ready = True
+
+
+def _decode_raw(data: bytes, max_megapixels: float | None) -> Any:
+    """Camera RAW through rawpy (demosaiced, camera white balance, 8-bit); ImageDecodeError naming the extra."""
+    try:
+        import rawpy
+    except ImportError:
+        raise ImageDecodeError("camera RAW file: install `pip install 'retrieval[raw]'` (rawpy) to index it") from None
+    from PIL import Image
+
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            h, w = raw.sizes.height, raw.sizes.width
+            if max_megapixels is not None and w * h > max_megapixels * 1e6:
+                raise ImageDecodeError(f"too large: {w}x{h} = {w * h / 1e6:.0f} MP exceeds --max-megapixels "
+                                       f"{max_megapixels:g}")
+            rgb = raw.postprocess(use_camera_wb=True, output_bps=8, half_size=True)
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # rawpy.LibRawError and friends
+        raise ImageDecodeError(f"corrupt camera RAW ({type(exc).__name__}: {_short(exc)})") from None
+    return Image.fromarray(rgb, mode="RGB")
+
+
 def load_image(
     path: str | os.PathLike[str],
     max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS,
@@ -69,6 +131,7 @@ def decode_image(
     if not data:
         raise ImageDecodeError("empty file (0 bytes)")
     _allow_pil_up_to(max_megapixels)
+    _register_plugins()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DecompressionBombWarning, EXIF/ICC chatter: we check size ourselves
@@ -84,6 +147,8 @@ def decode_image(
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
+        if _looks_raw(data):
+            return _reduce(_upright(_decode_raw(data, max_megapixels)), target_size)
         raise ImageDecodeError("not an image (unrecognised file format)") from None
     except Image.DecompressionBombError as exc:  # PIL's guard fired before our header check could run
         found = re.search(r"\((\d+) pixels\)", str(exc))
@@ -98,6 +163,14 @@ def decode_image(
             raise ImageDecodeError(f"truncated file ({_short(exc)})") from None
         raise ImageDecodeError(f"corrupt image data ({type(exc).__name__}: {_short(exc)})") from None
     return _reduce(rgb, target_size)
+
+
+def _looks_raw(data: bytes) -> bool:
+    """RAW containers Pillow does not open: Canon CR3 (ISO box "crx"), Fuji RAF, Panasonic RW2, Olympus ORF, and
+    TIFF-based RAWs Pillow rejects."""
+    head = data[:16]
+    return (head[4:12] == b"ftypcrx " or head.startswith(b"FUJIFILM") or head[:4] in (b"IIU\x00", b"IIRO", b"IIRS",
+            b"II*\x00", b"MM\x00*"))
 
 
 def to_rgb(image: Any) -> Any:
