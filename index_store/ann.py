@@ -84,3 +84,31 @@ def search(index: Any, queries: FloatArray, k: int) -> tuple[FloatArray, npt.NDA
         return index.search(queries, k)
     finally:
         faiss.omp_set_num_threads(before)
+
+
+#: A filter keeping at most this many rows is searched exactly over them (cheaper and exact); above it, the ANN
+#: searches with an id selector (FAISS `IDSelectorBatch`), so a filter never costs recall or k.
+SUBSET_EXACT_MAX = 20_000
+
+
+def search_subset(index: Any, vectors: Any, queries: FloatArray, k: int, rows: npt.NDArray[np.int64]
+                  ) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """Top-k among `rows` only: (scores, row ids), padded with -1 when fewer rows exist."""
+    import faiss
+
+    n_q = len(queries)
+    scores = np.full((n_q, k), -np.inf, np.float32)
+    ids = np.full((n_q, k), -1, np.int64)
+    if not len(rows):
+        return scores, ids
+    if len(rows) <= SUBSET_EXACT_MAX:
+        sims = queries @ np.asarray(vectors[rows], np.float32).T
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        m = top.shape[1]
+        scores[:, :m] = np.take_along_axis(sims, top, axis=1)
+        ids[:, :m] = rows[top]
+        return scores, ids
+    selector = faiss.IDSelectorBatch(rows)
+    params = (faiss.SearchParametersHNSW(sel=selector, efSearch=max(int(index.hnsw.efSearch), k))
+              if hasattr(index, "hnsw") else faiss.SearchParameters(sel=selector))
+    return index.search(queries, k, params=params)

@@ -27,8 +27,10 @@ class IndexReader(Protocol):
     @property
     def count(self) -> int: ...
 
-    def search(self, queries: npt.NDArray[Any], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """(scores, row ids), each (n_queries, min(k, count)); -1 = no row."""
+    def search(self, queries: npt.NDArray[Any], k: int, under: str | None = None
+               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """(scores, row ids), each (n_queries, min(k, count)); -1 = no row. `under`: only rows whose rel_path is
+        inside that folder, filtered in the search itself (k hits when k such rows exist)."""
         ...
 
 

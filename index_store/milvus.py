@@ -240,12 +240,18 @@ class MilvusBackend:
         client.create_collection(self.collection, schema=schema, index_params=params, consistency_level="Strong")
 
     # ------------------------------------------------------------------ reads for MilvusIndex
-    def search_ids(self, queries: npt.NDArray[np.float32], k: int) -> tuple[list[list[float]], list[list[int]]]:
+    def search_ids(self, queries: npt.NDArray[np.float32], k: int, under: str | None = None
+                   ) -> tuple[list[list[float]], list[list[int]]]:
         params = {"metric_type": "IP"} if self.lite else {"metric_type": "IP", "params": {"ef": max(HNSW["ef"], k)}}
+        expr = ""
+        if under:  # filtered inside Milvus (still k hits): the prefix as a string range, no LIKE wildcards
+            lo = under.strip("/") + "/"
+            hi = lo[:-1] + "0"  # "0" follows "/": every string starting with lo sorts in [lo, hi)
+            expr = f'rel_path >= "{_quoted(lo)}" and rel_path < "{_quoted(hi)}"'
         # "Bounded": a query need not wait for the very last write (Strong waits for the next time tick, ~200 ms on
         # a server); reads that must see a write (load, the writer's diff, vectors for the rows just loaded) are Strong
         res = self.client().search(self.collection, data=[q.tolist() for q in queries], limit=k, search_params=params,
-                                   output_fields=["id"], consistency_level="Bounded")
+                                   filter=expr, output_fields=["id"], consistency_level="Bounded")
         return [[float(h["distance"]) for h in hits] for hits in res], [[int(h["id"]) for h in hits] for hits in res]
 
     def vectors_of(self, ids: Sequence[int]) -> dict[int, npt.NDArray[np.float32]]:
@@ -256,6 +262,11 @@ class MilvusBackend:
                                        consistency_level="Strong")
             out.update({int(r["id"]): np.asarray(r["vector"], np.float32) for r in rows})
         return out
+
+
+def _quoted(text: str) -> str:
+    """`text` inside a double-quoted Milvus expression string."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _held_elsewhere(db: Path) -> bool:
@@ -343,13 +354,14 @@ class MilvusIndex:
     def count(self) -> int:
         return len(self.meta)
 
-    def search(self, queries: npt.NDArray[Any], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    def search(self, queries: npt.NDArray[Any], k: int, under: str | None = None
+               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         q = q[None, :] if q.ndim == 1 else q
         k = min(int(k), self.count)
         if k <= 0 or not len(q):
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        dist, pks = self.backend.search_ids(q, k)
+        dist, pks = self.backend.search_ids(q, k, under)
         scores = np.full((len(q), k), -np.inf, np.float32)
         rows = np.full((len(q), k), -1, np.int64)
         for i, (d, p) in enumerate(zip(dist, pks)):

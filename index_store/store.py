@@ -53,16 +53,27 @@ class LoadedIndex:
     def count(self) -> int:
         return self.manifest.count
 
-    def search(self, queries: npt.NDArray[Any], k: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
-        """(scores, row ids), each (n_queries, min(k, count)); ids index `meta` and `vectors` rows (-1 = none)."""
+    def search(self, queries: npt.NDArray[Any], k: int, under: str | None = None
+               ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """(scores, row ids), each (n_queries, min(k, count)); ids index `meta` and `vectors` rows (-1 = none).
+        `under`: only rows whose rel_path starts with this folder prefix (a filtered search: still k hits)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         q = q[None, :] if q.ndim == 1 else q
         k = min(int(k), self.count)
         if k <= 0 or not len(q):
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        from index_store.ann import search
+        from index_store.ann import search, search_subset
 
+        if under:
+            return search_subset(self.index, self.vectors, q, k, rows_under(self.meta, under))
         return search(self.index, q, k)  # one OpenMP thread for small batches
+
+
+def rows_under(meta: pd.DataFrame, under: str) -> npt.NDArray[np.int64]:
+    """Row ids whose rel_path lies under the folder `under` ("2024/trip" matches "2024/trip/x.jpg", not "2024/tripod")."""
+    prefix = under.strip("/") + "/"
+    paths = meta["rel_path"].to_numpy(dtype=str)
+    return np.flatnonzero(np.char.startswith(paths, prefix)).astype(np.int64)
 
 
 def _missing(folder: Path) -> IndexNotFoundError:

@@ -94,9 +94,10 @@ def build_index_cmd(images_dir: Path, index_dir: Path, model_dir: Path | None, w
 @click.option("--queries-file", type=click.Path(path_type=Path), default=None,
               help="One query per line, or a course test_queries.csv (its query_text column).")
 @click.option("--min-score", type=float, default=0.0, show_default=True, help="Drop hits scored below this (0..1).")
+@click.option("--under", default=None, metavar="SUBDIR", help="Only images in this folder of the library (still k hits).")
 @policy_option
 def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int, as_json: bool,
-              queries_file: Path | None, min_score: float, policy: str) -> None:
+              queries_file: Path | None, min_score: float, under: str | None, policy: str) -> None:
     """Search INDEX_DIR for TEXT (or every query of --queries-file); scores are calibrated 0..1 relevance."""
     import json
 
@@ -120,7 +121,7 @@ def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int,
         if check.truncated:
             click.echo(f"note: query of {check.n_tokens} tokens truncated to the encoder's limit of "
                        f"{check.max_tokens}: {check.text[:60]!r}", err=True)
-    for raw in retriever.search_checked(checks, k=k, min_score=min_score):
+    for raw in retriever.search_checked(checks, k=k, min_score=min_score, under=under):
         out = apply_policy(raw, policy)
         click.echo(json.dumps(out, ensure_ascii=False) if as_json else format_table(out))
 

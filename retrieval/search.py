@@ -96,14 +96,17 @@ class Retriever:
         return QueryCheck(clean, n_tokens, n_tokens > limit, limit)
 
     # -- search -------------------------------------------------------------------------------------------------
-    def search(self, text: str, k: int = 10, min_score: float = 0.0) -> RawResult:
-        return self.search_many([text], k=k, min_score=min_score)[0]
+    def search(self, text: str, k: int = 10, min_score: float = 0.0, under: str | None = None) -> RawResult:
+        return self.search_many([text], k=k, min_score=min_score, under=under)[0]
 
-    def search_many(self, texts: Sequence[str], k: int = 10, min_score: float = 0.0) -> list[RawResult]:
-        """Batched: texts are encoded together, ANN searched together, reranked per query."""
-        return self.search_checked([self.check_query(t) for t in texts], k=k, min_score=min_score)
+    def search_many(self, texts: Sequence[str], k: int = 10, min_score: float = 0.0,
+                    under: str | None = None) -> list[RawResult]:
+        """Batched: texts are encoded together, ANN searched together, reranked per query. `under`: only images in
+        that folder of the library (relative to the indexed root), filtered inside the ANN search."""
+        return self.search_checked([self.check_query(t) for t in texts], k=k, min_score=min_score, under=under)
 
-    def search_checked(self, checks: Sequence[QueryCheck], k: int = 10, min_score: float = 0.0) -> list[RawResult]:
+    def search_checked(self, checks: Sequence[QueryCheck], k: int = 10, min_score: float = 0.0,
+                       under: str | None = None) -> list[RawResult]:
         """`search_many` for queries already passed through `check_query` (callers that report truncation).
 
         Small batches run their BLAS calls on one thread: the projection / rerank products are tiny, and a second
@@ -113,13 +116,14 @@ class Retriever:
         if not 0.0 <= float(min_score) <= 1.0:
             raise InvalidQueryError(f"min-score must be within 0..1, got {min_score!r}")
         if len(checks) > SINGLE_THREAD_MAX_QUERIES:
-            return self._search(checks, k, min_score)
+            return self._search(checks, k, min_score, under)
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1, user_api="blas"):
-            return self._search(checks, k, min_score)
+            return self._search(checks, k, min_score, under)
 
-    def _search(self, checks: Sequence[QueryCheck], k: int, min_score: float) -> list[RawResult]:
+    def _search(self, checks: Sequence[QueryCheck], k: int, min_score: float, under: str | None = None
+                ) -> list[RawResult]:
         self.policy.refresh()
         threshold = self.policy.threshold
         clean = [c.text for c in checks]
@@ -132,7 +136,7 @@ class Retriever:
         n_cand = candidate_count(k, self.store.count)
         if n_cand == 0:
             return [RawResult(c.text, self._query_child(c.text, p), [], threshold) for c, p in zip(checks, child_p)]
-        _, ids = self.store.search(z, n_cand)
+        _, ids = self.store.search(z, n_cand, under) if under else self.store.search(z, n_cand)
         t3 = time.perf_counter()
         results = []
         for row, check in enumerate(checks):

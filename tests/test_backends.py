@@ -163,3 +163,45 @@ def test_cli_queries_a_milvus_lite_index_like_the_folder(fake_env: Path, tmp_pat
         assert res.exit_code == 0, res.output
         out[loc.name] = [(h["image"], round(h["score"], 5)) for h in json.loads(res.stdout.splitlines()[-1])["hits"]]
     assert out["idx"] == out["lib.db"] and out["idx"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_folder_filter_is_inside_the_search_and_keeps_k(kind: str, tmp_path: Path) -> None:
+    """`under` keeps only rows in that folder ("trip_1" not "trip_10"), exactly as exact search over them would."""
+    loc = location(kind, tmp_path)
+    v, meta = rows(600, dim=16, seed=4)
+    meta["rel_path"] = [f"{['trip_1', 'trip_10', 'home'][i % 3]}/{i:05d}.jpg" for i in range(600)]
+    order = np.argsort(meta["rel_path"].to_numpy(), kind="stable")
+    v, meta = v[order], meta.iloc[order].reset_index(drop=True)
+    backend_for(loc).write(v, meta, FIELDS)
+    store = backend_for(loc).load()
+    q = rows(5, dim=16, seed=11)[0]
+    _, ids = store.search(q, 20, under="trip_1")
+    names = store.meta["rel_path"].to_numpy()
+    assert (ids >= 0).all() and all(n.startswith("trip_1/") for n in names[ids.reshape(-1)])
+    inside = np.flatnonzero(np.char.startswith(names.astype(str), "trip_1/"))
+    exact = inside[np.argsort(-(q @ np.asarray(store.vectors[inside]).T), axis=1)[:, :20]]
+    assert [set(a) for a in ids.tolist()] == [set(b) for b in exact.tolist()]
+
+
+def test_folder_filter_on_a_large_hnsw_index_keeps_k(tmp_path: Path) -> None:
+    """Above the exact-subset size the ANN itself filters (FAISS id selector): k hits, high recall."""
+    from index_store.ann import SUBSET_EXACT_MAX
+    from index_store.store import IndexStore
+
+    n = 2 * SUBSET_EXACT_MAX + 6000
+    v, meta = rows(n, dim=16, seed=2)
+    meta["rel_path"] = [f"{'a' if i % 2 else 'b'}/{i:06d}.jpg" for i in range(n)]
+    order = np.argsort(meta["rel_path"].to_numpy(), kind="stable")
+    v, meta = v[order], meta.iloc[order].reset_index(drop=True)
+    IndexStore.write(tmp_path / "big", v, meta, FIELDS, flat_max=1000)
+    store = IndexStore.load(tmp_path / "big")
+    assert store.manifest.index_type == "hnsw_sq8"
+    q = rows(20, dim=16, seed=7)[0]
+    _, ids = store.search(q, 10, under="a")
+    names = store.meta["rel_path"].to_numpy()
+    assert (ids >= 0).all() and all(n.startswith("a/") for n in names[ids.reshape(-1)])
+    inside = np.flatnonzero(np.char.startswith(names.astype(str), "a/"))
+    exact = inside[np.argsort(-(q @ np.asarray(store.vectors[inside]).T), axis=1)[:, :10]]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist())])
+    assert recall >= 0.9

@@ -111,8 +111,8 @@ def ray_embedder(encoder_name: str, views: Sequence[str], weights: str | os.Path
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True
         ctx.enable_progress_bars = bool(progress)
-        # one CPU stays with the driver, which runs the child detector on every batch (on 2 CPUs: 1 actor, 1.31x the
-        # single-process wall time for 500 images, against 1.62x with 2 actors competing with the detector)
+        # one CPU stays with the driver, which runs the child detector on every batch (on 2 CPUs: 1 actor, 1.3x the
+        # single-process wall time for 500 images, against 1.6x with 2 actors competing with the detector)
         n_actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
         items = [{"i": k, "rel": f.rel_path, "path": str(f.abs_path)} for k, f in enumerate(files)]
         ds = ray.data.from_items(items).map_batches(
