@@ -205,3 +205,44 @@ def test_folder_filter_on_a_large_hnsw_index_keeps_k(tmp_path: Path) -> None:
     exact = inside[np.argsort(-(q @ np.asarray(store.vectors[inside]).T), axis=1)[:, :10]]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist())])
     assert recall >= 0.9
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_milvus_lite_build_then_resume(tmp_path: Path) -> None:
+    """A writer killed with SIGKILL mid-write leaves no index (the manifest comes last); the rerun completes it."""
+    pytest.importorskip("pymilvus")
+    import os
+    import signal
+
+    db = tmp_path / "killed.db"
+    script = tmp_path / "writer.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from index_store.milvus import MilvusBackend
+        from tests.test_backends import FIELDS, rows
+        v, meta = rows(40000, dim=64)
+        backend = MilvusBackend({str(db)!r})
+        real = backend.client().upsert
+        def upsert(*a, **k):
+            out = real(*a, **k)
+            print("batch", flush=True)
+            return out
+        backend.client().upsert = upsert
+        backend.write(v, meta, FIELDS)
+        print("done", flush=True)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    for _ in range(3):  # a few batches reached the collection
+        assert proc.stdout.readline().strip() == "batch"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    from index_store.milvus import MilvusBackend
+
+    backend = MilvusBackend(db)
+    assert not backend.exists()  # no manifest: not an index yet, so nothing half-built is ever served
+    v, meta = rows(40000, dim=64)
+    backend.write(v, meta, FIELDS)
+    got = backend.load()
+    assert got.count == 40000 and got.meta["rel_path"].tolist() == meta["rel_path"].tolist()
+    backend.close()
