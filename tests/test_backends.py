@@ -165,6 +165,15 @@ def test_cli_queries_a_milvus_lite_index_like_the_folder(fake_env: Path, tmp_pat
     assert out["idx"] == out["lib.db"] and out["idx"]
 
 
+def filtered_and_exact(store, q: np.ndarray, k: int, folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids of the filtered search, ids of exact search over the folder's rows); asserts k hits, all inside."""
+    _, ids = store.search(q, k, under=folder)
+    names = store.meta["rel_path"].to_numpy()
+    assert (ids >= 0).all() and all(n.startswith(folder + "/") for n in names[ids.reshape(-1)])
+    inside = np.flatnonzero(np.char.startswith(names.astype(str), folder + "/"))
+    return ids, inside[np.argsort(-(q @ np.asarray(store.vectors[inside]).T), axis=1)[:, :k]]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_folder_filter_is_inside_the_search_and_keeps_k(kind: str, tmp_path: Path) -> None:
     """`under` keeps only rows in that folder ("trip_1" not "trip_10"), exactly as exact search over them would."""
@@ -176,11 +185,7 @@ def test_folder_filter_is_inside_the_search_and_keeps_k(kind: str, tmp_path: Pat
     backend_for(loc).write(v, meta, FIELDS)
     store = backend_for(loc).load()
     q = rows(5, dim=16, seed=11)[0]
-    _, ids = store.search(q, 20, under="trip_1")
-    names = store.meta["rel_path"].to_numpy()
-    assert (ids >= 0).all() and all(n.startswith("trip_1/") for n in names[ids.reshape(-1)])
-    inside = np.flatnonzero(np.char.startswith(names.astype(str), "trip_1/"))
-    exact = inside[np.argsort(-(q @ np.asarray(store.vectors[inside]).T), axis=1)[:, :20]]
+    ids, exact = filtered_and_exact(store, q, 20, "trip_1")
     assert [set(a) for a in ids.tolist()] == [set(b) for b in exact.tolist()]
 
 
@@ -198,11 +203,7 @@ def test_folder_filter_on_a_large_hnsw_index_keeps_k(tmp_path: Path) -> None:
     store = IndexStore.load(tmp_path / "big")
     assert store.manifest.index_type == "hnsw_sq8"
     q = rows(20, dim=16, seed=7)[0]
-    _, ids = store.search(q, 10, under="a")
-    names = store.meta["rel_path"].to_numpy()
-    assert (ids >= 0).all() and all(n.startswith("a/") for n in names[ids.reshape(-1)])
-    inside = np.flatnonzero(np.char.startswith(names.astype(str), "a/"))
-    exact = inside[np.argsort(-(q @ np.asarray(store.vectors[inside]).T), axis=1)[:, :10]]
+    ids, exact = filtered_and_exact(store, q, 10, "a")
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids.tolist(), exact.tolist())])
     assert recall >= 0.9
 
