@@ -147,12 +147,18 @@ def format_table(result: dict) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (keep loopback unless behind a proxy).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @policy_option
-def serve_cmd(index_dir: Path, model_dir: Path | None, host: str, port: int, policy: str) -> None:
+@click.option("--token", default=None, help="Access token (default $RETRIEVAL_TOKEN; made up and printed when the "
+              "server listens beyond loopback or runs --policy audit).")
+def serve_cmd(index_dir: Path, model_dir: Path | None, host: str, port: int, policy: str, token: str | None) -> None:
     """Serve the search page and JSON API (/api/search, /api/health) over INDEX, loaded once."""
     from retrieval.server import load_app, serve
+    from retrieval.server.access import serving_token
 
-    app = load_app(index_dir, model_dir, policy)
-    click.echo(f"serving {app.state.retriever.store.count} images at http://{host}:{port}/ (policy {policy}); Ctrl-C stops")
+    token = serving_token(host, policy, token)
+    app = load_app(index_dir, model_dir, policy, token=token)
+    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    note = "; requests need the token (Authorization: Bearer, or open this URL once)" if token else ""
+    click.echo(f"serving {app.state.retriever.store.count} images at {url} (policy {policy}{note}); Ctrl-C stops")
     serve(app, host=host, port=port)
 
 @cli.command("evaluate")

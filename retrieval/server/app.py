@@ -29,6 +29,7 @@ from retrieval import __version__
 from retrieval.limits import MAX_K, MAX_QUERY_CHARS
 from retrieval.errors import USER_ERRORS, ImageDecodeError, InvalidQueryError
 from retrieval.policy.apply import validate_policy
+from retrieval.server.access import require_token
 from retrieval.server.batcher import SearchBatcher, ServerBusyError
 from retrieval.server.images import ImageNotFoundError, ImageService, ImageWithheldError, public_result
 from retrieval.server.review import ReviewForbiddenError, review_router
@@ -107,8 +108,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path | None = None,
-               thumb_size: int = 256, max_batch: int = 32, batch_window_ms: float = 2.0) -> FastAPI:
-    """Build the web app over an opened retriever (anything with search_many, store.count and a hit lookup)."""
+               thumb_size: int = 256, max_batch: int = 32, batch_window_ms: float = 2.0,
+               token: str | None = None) -> FastAPI:
+    """Build the web app over an opened retriever (anything with search_many, store.count and a hit lookup).
+    With `token`, every request must carry it (`server.access`)."""
     policy = validate_policy(policy)
     if thumb_dir is None:
         from retrieval.config import cache_dir
@@ -129,6 +132,8 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
     app.state.retriever, app.state.batcher, app.state.images, app.state.policy = retriever, batcher, images, policy
 
     _add_error_handlers(app)
+    if token:
+        require_token(app, token)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:

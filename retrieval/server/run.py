@@ -10,8 +10,9 @@ from typing import Any, Iterator
 from retrieval.policy.apply import validate_policy
 
 
-def load_app(index_dir: str | Path, model_dir: str | Path | None = None, policy: str = "strict") -> Any:
-    """Open the index and model once (`Retriever.open`) and wrap them in the web app."""
+def load_app(index_dir: str | Path, model_dir: str | Path | None = None, policy: str = "strict",
+             token: str | None = None) -> Any:
+    """Open the index and model once (`Retriever.open`) and wrap them in the web app (`token`: see `access`)."""
     from retrieval.search import Retriever
     from retrieval.server.app import create_app
 
@@ -20,7 +21,7 @@ def load_app(index_dir: str | Path, model_dir: str | Path | None = None, policy:
     warm = getattr(retriever.text_encoder, "warm", None)
     if warm is not None:  # compile the fast text path before the first request, not during it
         warm()
-    return create_app(retriever, policy)
+    return create_app(retriever, policy, token=token)
 
 
 def serve(app: Any, host: str = "127.0.0.1", port: int = 8000) -> None:
