@@ -372,11 +372,16 @@ def test_serve_command_is_thin(monkeypatch: pytest.MonkeyPatch, fake: FakeRetrie
 
     seen: dict = {}
     app = create_app(fake, thumb_dir=tmp_path)
-    monkeypatch.setattr(server, "load_app", lambda index, model, policy: seen.update(load=(index, model, policy)) or app)
+    monkeypatch.setattr(server, "load_app",
+                        lambda index, model, policy, token: seen.update(load=(index, model, policy, token)) or app)
     monkeypatch.setattr(server, "serve", lambda a, host, port: seen.update(serve=(a, host, port)))
+    monkeypatch.delenv("RETRIEVAL_TOKEN", raising=False)
     result = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path / "idx"), "--port", "8123", "--policy", "audit"])
     assert result.exit_code == 0, result.output
-    assert seen == {"load": (tmp_path / "idx", None, "audit"), "serve": (app, "127.0.0.1", 8123)}
-    assert f"serving {len(fake.items)} images at http://127.0.0.1:8123/" in result.output
+    token = seen["load"][3]
+    assert seen == {"load": (tmp_path / "idx", None, "audit", token), "serve": (app, "127.0.0.1", 8123)}
+    assert token and f"serving {len(fake.items)} images at http://127.0.0.1:8123/?token={token}" in result.output
+    result = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path / "idx"), "--port", "8124"])
+    assert result.exit_code == 0 and seen["load"][3] is None  # strict on loopback: no token
     bad = CliRunner().invoke(cli, ["serve", "--index", str(tmp_path), "--policy", "lenient"])
     assert bad.exit_code == 2
