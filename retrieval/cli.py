@@ -95,16 +95,30 @@ def build_index_cmd(images_dir: Path, index_dir: Path, model_dir: Path | None, w
               help="One query per line, or a course test_queries.csv (its query_text column).")
 @click.option("--min-score", type=float, default=0.0, show_default=True, help="Drop hits scored below this (0..1).")
 @click.option("--under", default=None, metavar="SUBDIR", help="Only images in this folder of the library (still k hits).")
+@click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
+              help="Search by example: images like this one (repeatable; with TEXT, steered by the words).")
 @policy_option
 def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int, as_json: bool,
-              queries_file: Path | None, min_score: float, under: str | None, policy: str) -> None:
-    """Search INDEX_DIR for TEXT (or every query of --queries-file); scores are calibrated 0..1 relevance."""
+              queries_file: Path | None, min_score: float, under: str | None, images: tuple[Path, ...],
+              policy: str) -> None:
+    """Search INDEX_DIR for TEXT (or every query of --queries-file); scores are calibrated 0..1 relevance.
+    With --image: images like the example(s) (hits carry a raw cosine `similarity` instead of a score)."""
     import json
 
     from retrieval.errors import InvalidQueryError
     from retrieval.policy.apply import apply_policy
     from retrieval.search import Retriever
 
+    if images:
+        from retrieval.index.imageio import load_image
+
+        if queries_file is not None:
+            raise InvalidQueryError("--image searches by example; it does not combine with --queries-file")
+        retriever = Retriever.open(index_dir, model_dir)
+        raw = retriever.search_by_example([load_image(p) for p in images], text=text, k=k, under=under)
+        out = apply_policy(raw, policy)
+        click.echo(json.dumps(out, ensure_ascii=False) if as_json else format_table(out))
+        return
     if (text is None) == (queries_file is None):
         raise InvalidQueryError("give either a query TEXT or --queries-file FILE (not both, not neither)")
     if k <= 0:
@@ -133,11 +147,13 @@ def format_table(result: dict) -> str:
         return "\n".join(lines + [f"  [restricted] {result['disclaimer']}"])
     if not result["hits"]:
         return "\n".join(lines + ["  (no hits)"])
-    lines.append(f"  {'rank':>4}  {'score':>5}  image")
+    by_example = result["hits"][0].get("score") is None
+    lines.append(f"  {'rank':>4}  {'cos' if by_example else 'score':>5}  image")
     for hit in result["hits"]:
         shown = hit["path"] if hit["path"] else f"[{hit['disclaimer']}]"
         flag = "  (restricted)" if hit["restricted"] and hit["path"] else ""
-        lines.append(f"  {hit['rank']:>4}  {hit['score']:.3f}  {shown}{flag}")
+        value = hit["similarity"] if by_example else hit["score"]
+        lines.append(f"  {hit['rank']:>4}  {value:.3f}  {shown}{flag}")
     return "\n".join(lines)
 
 

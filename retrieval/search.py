@@ -7,9 +7,9 @@ every output path turns them into user-facing JSON through `retrieval.policy.app
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,9 +19,10 @@ from retrieval.encoders.base import TextEncoder
 from retrieval.errors import InvalidQueryError
 from retrieval.learn.model import RetrievalModel, index_identity, model_for_index
 from retrieval.limits import MAX_QUERY_CHARS, SINGLE_THREAD_MAX_QUERIES
-from retrieval.policy.apply import query_is_child
+from retrieval.policy.apply import hit_is_restricted, query_is_child
 from retrieval.policy.operator import IndexPolicy
 from retrieval.policy.types import Hit, RawResult
+from retrieval.vectors import l2n
 
 SearchHit = Hit
 QueryResult = RawResult
@@ -51,6 +52,10 @@ def open_index(index_dir: str | Path, model_dir: str | Path | None = None) -> tu
     model = model_for_index(store.manifest, model_dir)
     check_expected(store.manifest, index_identity(model), Path(index_dir))
     return store, model
+
+
+#: Weight of the examples against the text when a search by example also has words (rclip-style "+").
+EXAMPLE_TEXT_WEIGHT = 0.5
 
 
 def candidate_count(k: int, n: int) -> int:
@@ -155,6 +160,69 @@ class Retriever:
         self.stats.stages = {"encode_ms": (t1 - t0) * 1e3, "project_ms": (t2 - t1) * 1e3,
                              "ann_ms": (t3 - t2) * 1e3, "rerank_ms": (t4 - t3) * 1e3}
         return results
+
+    # -- search by example ----------------------------------------------------------------------------------
+    def search_by_example(self, images: Sequence[Any] = (), text: str | None = None, k: int = 10,
+                          under: str | None = None, like_row: int | None = None) -> RawResult:
+        """Images like the query images (decoded pictures) and/or an indexed row (`like_row`), optionally steered by
+        `text`: the query vector is the mean of the projected examples, mixed half and half with the projected
+        text when both are given (`EXAMPLE_TEXT_WEIGHT`), ranked by cosine in the shared space.
+
+        Scores: there is no calibration of image-to-image relevance yet, so hits carry `similarity` (the raw cosine,
+        -1..1) and `score` None. The query is restricted when the text is a child query or the child detector
+        finds a child in a query image (an indexed row: its stored verdict)."""
+        if not len(images) and like_row is None:
+            raise InvalidQueryError("give a query image (--image PATH) or an indexed image to search like")
+        if not isinstance(k, int) or k <= 0:
+            raise InvalidQueryError(f"k must be a positive integer, got {k!r}; pass -k 10 for example")
+        self.policy.refresh()
+        threshold = self.policy.threshold
+        parts, child = [], False
+        if len(images):
+            encoder = self._image_encoder()
+            feats = np.asarray(encoder.embed_batch([encoder.preprocess(im) for im in images]), np.float32)
+            parts.append(l2n(np.asarray(self.model.project_images(feats), np.float32)).mean(0))
+            child = child or self._images_show_a_child(images, feats, threshold)
+        if like_row is not None:
+            parts.append(np.asarray(self.store.vectors[[int(like_row)]], np.float32)[0])
+            hit = self._hit(1, int(like_row), 0.0)
+            child = child or hit_is_restricted(hit, threshold)
+        z = l2n(np.mean(parts, axis=0))
+        label = text or ""
+        if text:
+            check = self.check_query(text)
+            feats_t = self.text_encoder.encode([check.text])
+            zt = l2n(np.asarray(self.model.project_texts(feats_t), np.float32)[0])
+            z = l2n(EXAMPLE_TEXT_WEIGHT * z + (1.0 - EXAMPLE_TEXT_WEIGHT) * zt)
+            child = child or self._query_child(check.text, float(self.model.child_text_prob(feats_t)[0]))
+            label = check.text
+        n_cand = candidate_count(k + 1, self.store.count)
+        _, ids = self.store.search(z[None, :], n_cand, under) if under else self.store.search(z[None, :], n_cand)
+        cand = ids[0][ids[0] >= 0]
+        if like_row is not None:
+            cand = cand[cand != int(like_row)]  # "more like this" never returns the photo itself
+        sims = np.asarray(self.store.vectors[cand], np.float32) @ z if len(cand) else np.zeros(0, np.float32)
+        order = np.argsort(-sims, kind="stable")[:k]
+        hits = [replace(self._hit(r + 1, int(cand[i]), 0.0), score=None, similarity=float(sims[i]))
+                for r, i in enumerate(order)]
+        return RawResult(label or "(search by example)", child, hits, threshold)
+
+    def _image_encoder(self) -> Any:
+        from retrieval.encoders import build_image_encoder
+
+        c = self.model.config
+        return build_image_encoder(c.image_encoder, views=tuple(c.image_views))
+
+    def _images_show_a_child(self, images: Sequence[Any], feats: np.ndarray, threshold: float) -> bool:
+        """The child detector on query images, as at build time (no detector in the model: never restricted)."""
+        detector = getattr(self.model, "detector", None)
+        if detector is None:
+            return False
+        from retrieval.policy.detector import DetectorRuntime
+
+        if getattr(self, "_runtime", None) is None:
+            self._runtime = DetectorRuntime(detector)
+        return any(d.prob >= threshold for d in self._runtime.detect(list(images), feats))
 
     def _query_child(self, text: str, prob: float) -> bool:
         return query_is_child(text, float(prob), self.model.config.child_text_threshold)

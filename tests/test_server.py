@@ -51,7 +51,7 @@ def expected(fake: FakeRetriever, q: str, k: int = 10, min_score: float = 0.0, p
 
 
 def without_urls(body: dict) -> dict:
-    return {**body, "hits": [{key: v for key, v in h.items() if key not in ("url", "thumb")} for h in body["hits"]]}
+    return {**body, "hits": [{key: v for key, v in h.items() if key not in ("url", "thumb", "id")} for h in body["hits"]]}
 
 
 # -- health, page, static ------------------------------------------------------------------------------------------

@@ -57,14 +57,18 @@ def _image_name(hit: Any) -> str:
 
 
 def _hit_json(hit: Any, rank: int, restricted: bool, withhold: bool) -> dict[str, Any]:
-    return {
+    out = {
         "rank": rank,
         "image": None if withhold else _image_name(hit),
         "path": None if withhold else str(hit.path),
-        "score": float(hit.score),
+        "score": None if hit.score is None else float(hit.score),
         "restricted": restricted,
         "disclaimer": DISCLAIMER if withhold else None,
     }
+    similarity = getattr(hit, "similarity", None)
+    if similarity is not None:  # searches by example: raw cosine, not a calibrated score
+        out["similarity"] = round(float(similarity), 6)
+    return out
 
 
 def explain_hit(hit: Any, image_threshold: float = DEFAULT_IMAGE_THRESHOLD) -> dict[str, Any]:

@@ -34,17 +34,20 @@ class Hit:
         detection: the child detector's JSON stored in the index (`policy.detector.Detection`); the audit view
             turns it into the reason and the face boxes.
         review: an operator's decision about this image (`policy.review`); it outranks `flagged` and the detector.
+        similarity: raw cosine to the query (-1..1) for searches by example, whose `score` is None (no calibration
+            of image-to-image relevance exists yet).
     """
 
     rank: int
     image: str
     path: str
-    score: float
+    score: float | None
     child_prob: float | None
     image_id: int
     flagged: bool | None = None
     detection: str | None = None
     review: "Decision | None" = None
+    similarity: float | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
     GET /api/health        {"status", "count", "model_id", "policy"}
     GET /api/image/{id}    the original file of index row id (404 unknown id, 451 withheld by policy)
     GET /api/thumb/{id}    a cached JPEG thumbnail of it (same rules)
+    GET /api/similar/{id}  k, under -> images like row id ("more like this"; hits carry `similarity`, score null)
   audit servers only (operator review, `retrieval.review`; 403 under strict/off):
     POST /api/review       {"id", "decision": child|none|clear, "operator"} -> the hit as the policy now sees it
     GET /api/review/queue  n (1..100) -> {"hits": [...]}: unreviewed images most worth a look, best first
@@ -157,6 +158,18 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
         return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
 
     app.include_router(review_router(retriever, policy, images))
+
+    @app.get("/api/similar/{image_id}")
+    def similar(image_id: str, k: str | None = None, under: str | None = None) -> JSONResponse:
+        """Images like an indexed one ("more like this"): its stored vector, no re-embedding; a withheld source
+        is 451 like its image."""
+        images.path_of(image_id)  # 404 unknown id, 451 withheld under this policy
+        _, k_val, _ = parse_search_params("similar", k, None)
+        search = getattr(retriever, "search_by_example", None)
+        if search is None:
+            raise InvalidQueryError("this server's index does not support search by example")
+        raw = search(like_row=int(image_id), k=k_val, under=under or None)
+        return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
 
     @app.get("/api/image/{image_id}")
     def image(image_id: str) -> FileResponse:

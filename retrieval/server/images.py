@@ -142,11 +142,11 @@ class ImageService:
 
 def public_result(raw: Any, policy: str) -> dict[str, Any]:
     """`apply_policy(raw, policy)` plus url/thumb on each hit the policy left visible (withheld hits get none), and
-    under audit the row id (for the review buttons)."""
+    the row id on every hit the page may act on (visible ones; all under audit)."""
     out = apply_policy(raw, policy)
     if out["hits"]:
         for shown, hit in zip(out["hits"], raw.hits):
-            if policy == "audit":  # the operator's review buttons name the row
+            if policy == "audit" or shown["path"] is not None:  # review and "more like this" buttons name the row
                 shown["id"] = int(hit.image_id)
             if shown["path"] is not None:
                 shown["url"] = f"/api/image/{int(hit.image_id)}"

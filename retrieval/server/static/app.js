@@ -55,9 +55,26 @@
       meta.appendChild(name);
       if (hit.why) meta.appendChild(el("div", "why", hit.why.reason));
     }
+    if (hit.url && hit.id !== undefined) meta.appendChild(likeButton(hit));
     if (hit.why && hit.id !== undefined) meta.appendChild(decideControls(hit, c));
     c.appendChild(meta);
     return c;
+  }
+
+  // "More like this": images near this one in the shared space (raw cosine, not a calibrated score).
+  function likeButton(hit) {
+    const b = el("button", "like", "more like this");
+    b.type = "button";
+    b.addEventListener("click", async () => {
+      hide(errorBox);
+      const resp = await fetch("/api/similar/" + hit.id + "?k=" + kSelect.value);
+      const body = await resp.json();
+      if (!resp.ok) { show(errorBox, body.error || ("search failed: HTTP " + resp.status)); return; }
+      last = Object.assign({}, body, { query: "like " + (hit.image || "#" + hit.id) });
+      slider.value = 0;
+      render();
+    });
+    return b;
   }
 
   // Audit view: the operator's decision buttons. A decision is stored in the index and outranks the detector.
