@@ -118,15 +118,20 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
         from retrieval.config import cache_dir
 
         thumb_dir = cache_dir() / "thumbs"
-    batcher = SearchBatcher(retriever.search_many, max_batch=max_batch, window_s=batch_window_ms / 1000.0)
+    def new_batcher() -> SearchBatcher:
+        return SearchBatcher(retriever.search_many, max_batch=max_batch, window_s=batch_window_ms / 1000.0)
+
+    batcher = new_batcher()
     images = ImageService(retriever, policy, Path(thumb_dir), thumb_size)
     page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
     static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if app.state.batcher.closed:  # a restarted lifespan (tests, reloaders) gets a fresh batcher
+            app.state.batcher = new_batcher()
         yield
-        batcher.close()
+        app.state.batcher.close()
 
     app = FastAPI(title="retrieval", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")
@@ -154,7 +159,7 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
     @app.get("/api/search")
     async def search(q: str | None = None, k: str | None = None, min_score: str | None = None) -> JSONResponse:
         text, k_val, ms_val = parse_search_params(q, k, min_score)
-        raw = await asyncio.wrap_future(batcher.submit(text, k_val, ms_val))
+        raw = await asyncio.wrap_future(app.state.batcher.submit(text, k_val, ms_val))
         return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
 
     app.include_router(review_router(retriever, policy, images))

@@ -77,6 +77,10 @@ class SearchBatcher:
             self._queue.put(_Job(text, int(k), float(min_score), fut))
         return fut
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker after the jobs already queued; later `submit`s raise ServerBusyError."""
         with self._lock:
