@@ -4,7 +4,8 @@ from __future__ import annotations
 from index_store.ann import SINGLE_THREAD_MAX_QUERIES
 
 #: `SINGLE_THREAD_MAX_QUERIES` (query batches searched and reranked on one thread) is owned by index_store.ann.
-__all__ = ["MAX_QUERY_CHARS", "MAX_K", "SINGLE_THREAD_MAX_QUERIES", "SINGLE_THREAD_MAX_TEXTS"]
+__all__ = ["MAX_QUERY_CHARS", "MAX_K", "SINGLE_THREAD_MAX_QUERIES", "SINGLE_THREAD_MAX_TEXTS", "MAX_UPLOAD_BYTES",
+           "UPLOADS_PER_MINUTE"]
 
 #: Queries longer than this many characters are refused (a pasted document is not a query).
 MAX_QUERY_CHARS = 1000
@@ -14,3 +15,6 @@ MAX_K = 100
 #: query is a few skinny matmuls (one mpnet query on 2 cores: idle, 2 threads 62-70 ms vs 1 thread 95-104 ms; with
 #: the other core busy, 2 threads 222 ms vs 1 thread 89 ms).
 SINGLE_THREAD_MAX_TEXTS = 4
+#: Largest photo one search-by-photo request may upload, and how many such uploads one client may send per minute.
+MAX_UPLOAD_BYTES = 20 * 2**20
+UPLOADS_PER_MINUTE = 30

@@ -186,3 +186,29 @@ def test_operator_review_in_the_audit_page(driver, fake_env: Path, tmp_path: Pat
         screenshot(driver, "review_queue.png")
     got = list(ReviewStore(index).decisions().values())
     assert [(d.decision, d.operator) for d in got] == [(decision, "ana")]
+
+
+def test_search_with_a_photo_then_more_like_this(driver, fake_env: Path, tmp_path: Path) -> None:
+    """Pick a photo in the page: hits like it appear; "more like this" on a hit shows images like that one."""
+    from selenium.webdriver.common.by import By
+
+    from retrieval.search import Retriever
+
+    retriever = Retriever.open(fake_env / "idx", fake_env / "model")
+    retriever._images_show_a_child = lambda images, feats, threshold: False
+    app = create_app(retriever, "off", thumb_dir=tmp_path / "thumbs")
+    photo = fake_env / "images" / retriever.store.meta["rel_path"].iloc[2]
+    with background_server(app) as url:
+        driver.get(url + "/")
+        wait(driver, lambda d: d.find_element(By.ID, "photo"))
+        driver.execute_script("document.body.dataset.state = ''")
+        driver.find_element(By.ID, "photo").send_keys(str(photo))
+        wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "done")
+        names = [n.text for n in driver.find_elements(By.CSS_SELECTOR, "#results .card .name")]
+        assert names and names[0].startswith(photo.name)
+        driver.execute_script("document.body.dataset.state = ''")
+        driver.find_elements(By.CSS_SELECTOR, "#results .card button.like")[0].click()
+        wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "done")
+        after = [n.text for n in driver.find_elements(By.CSS_SELECTOR, "#results .card .name")]
+        assert after and not after[0].startswith(photo.name)  # more like this never returns the photo itself
+        screenshot(driver, "search_by_photo.png")

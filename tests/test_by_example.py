@@ -82,3 +82,37 @@ def test_cli_and_api_search_by_example(fake_env: Path, tmp_path: Path) -> None:
                 and retriever.hit(i).child_prob >= retriever.image_threshold]
     if withheld:  # the fake model withholds what its detector flags: such a source is 451 like its image
         assert strict.get(f"/api/similar/{withheld[0]}").status_code == 451
+
+
+def test_search_by_uploaded_photo(fake_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /api/search with a photo: hits like it; not an image 400; too big 413; too many per minute 429; a photo
+    the child detector flags is refused under strict like a child text query."""
+    from retrieval.limits import MAX_UPLOAD_BYTES
+    from retrieval.server import create_app
+    import retrieval.server.access as access
+
+    retriever = Retriever.open(fake_env / "idx", fake_env / "model")
+    monkeypatch.setattr(retriever, "_images_show_a_child", lambda images, feats, threshold: False)
+    client = TestClient(create_app(retriever, "audit", thumb_dir=tmp_path / "t"))
+    name = retriever.store.meta["rel_path"].iloc[3]
+    photo = (fake_env / "images" / name).read_bytes()
+    res = client.post("/api/search", files={"image": ("p.jpg", photo, "image/jpeg")}, data={"k": "2"})
+    assert res.status_code == 200, res.text
+    hits = res.json()["hits"]
+    assert hits[0]["image"] == Path(name).name and hits[0]["score"] is None and len(hits) == 2
+    res = client.post("/api/search", files={"image": ("x.jpg", b"not a photo", "image/jpeg")})
+    assert res.status_code == 400 and "not a usable photo" in res.json()["error"]
+    res = client.post("/api/search", data={"q": "dogs"})
+    assert res.status_code == 400 and "`image`" in res.json()["error"]
+    big = client.post("/api/search", files={"image": ("big.jpg", b"\xff" * (MAX_UPLOAD_BYTES + 100_000), "image/jpeg")})
+    assert big.status_code == 413
+    monkeypatch.setattr(retriever, "_images_show_a_child", lambda images, feats, threshold: True)
+    strict = TestClient(create_app(retriever, "strict", thumb_dir=tmp_path / "t"))
+    res = strict.post("/api/search", files={"image": ("p.jpg", photo, "image/jpeg")})
+    assert res.status_code == 200 and res.json()["restricted"] and res.json()["hits"] == []
+    gate = access.UploadGate(per_minute=2)
+    gate.admit("1.2.3.4")
+    gate.admit("1.2.3.4")
+    with pytest.raises(access.UploadRateError):
+        gate.admit("1.2.3.4")
+    gate.admit("5.6.7.8")  # per client

@@ -11,15 +11,50 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import threading
+import time
+from collections import deque
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
+from retrieval.errors import RetrievalError
+from retrieval.limits import MAX_UPLOAD_BYTES, UPLOADS_PER_MINUTE
+
 TOKEN_ENV = "RETRIEVAL_TOKEN"
 COOKIE = "retrieval_token"
-#: Request bodies above this size are refused (413) before they are read: the review API takes a few fields.
+#: Request bodies above this size are refused (413) before they are read: the review API takes a few fields;
+#: a search-by-photo upload (POST /api/search) may carry up to `limits.MAX_UPLOAD_BYTES`.
 MAX_BODY_BYTES = 16 * 1024
+
+
+class UploadTooLargeError(RetrievalError):
+    """An uploaded photo over the size limit (HTTP 413)."""
+
+
+class UploadRateError(RetrievalError):
+    """Too many uploads from one client (HTTP 429)."""
+
+
+class UploadGate:
+    """At most UPLOADS_PER_MINUTE search-by-photo uploads per client address in any 60 s (a sliding window)."""
+
+    def __init__(self, per_minute: int = UPLOADS_PER_MINUTE) -> None:
+        self.per_minute = per_minute
+        self._seen: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            times = self._seen.setdefault(client, deque())
+            while times and now - times[0] > 60.0:
+                times.popleft()
+            if len(times) >= self.per_minute:
+                raise UploadRateError(f"more than {self.per_minute} photo searches a minute from this client; wait a "
+                                      "little and retry")
+            times.append(now)
 
 
 def is_loopback(host: str) -> bool:
@@ -54,8 +89,9 @@ def require_token(app: FastAPI, token: str) -> None:
     @app.middleware("http")
     async def _check(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes; send less"}, status_code=413)
+        cap = MAX_UPLOAD_BYTES + 64 * 1024 if request.url.path == "/api/search" else MAX_BODY_BYTES
+        if length and length.isdigit() and int(length) > cap:
+            return JSONResponse({"error": f"request body over {cap} bytes; send less"}, status_code=413)
         if not known(request):
             return JSONResponse({"error": "this server needs its access token: open the URL `retrieve serve` printed "
                                           "(it ends in ?token=...) or send `Authorization: Bearer TOKEN`"},

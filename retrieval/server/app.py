@@ -7,6 +7,8 @@
     GET /api/image/{id}    the original file of index row id (404 unknown id, 451 withheld by policy)
     GET /api/thumb/{id}    a cached JPEG thumbnail of it (same rules)
     GET /api/similar/{id}  k, under -> images like row id ("more like this"; hits carry `similarity`, score null)
+    POST /api/search       multipart image (+ q, k, under) -> images like the uploaded photo (413 too big, 429 too
+                           many uploads from one client)
   audit servers only (operator review, `retrieval.review`; 403 under strict/off):
     POST /api/review       {"id", "decision": child|none|clear, "operator"} -> the hit as the policy now sees it
     GET /api/review/queue  n (1..100) -> {"hits": [...]}: unreviewed images most worth a look, best first
@@ -30,7 +32,9 @@ from retrieval import __version__
 from retrieval.limits import MAX_K, MAX_QUERY_CHARS
 from retrieval.errors import USER_ERRORS, ImageDecodeError, InvalidQueryError
 from retrieval.policy.apply import validate_policy
-from retrieval.server.access import require_token
+from retrieval.index.imageio import decode_image
+from retrieval.server.access import UploadGate, UploadRateError, UploadTooLargeError, require_token
+from retrieval.limits import MAX_UPLOAD_BYTES
 from retrieval.server.batcher import SearchBatcher, ServerBusyError
 from retrieval.server.images import ImageNotFoundError, ImageService, ImageWithheldError, public_result
 from retrieval.server.review import ReviewForbiddenError, review_router
@@ -39,7 +43,7 @@ from retrieval.server.review import ReviewForbiddenError, review_router
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: The only files /static serves (a fixed table: no client-given path ever reaches the file system).
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
-_STATUS = {ReviewForbiddenError: 403, InvalidQueryError: 400, ImageNotFoundError: 404, ImageWithheldError: 451, ServerBusyError: 503,
+_STATUS = {UploadTooLargeError: 413, UploadRateError: 429, ReviewForbiddenError: 403, InvalidQueryError: 400, ImageNotFoundError: 404, ImageWithheldError: 451, ServerBusyError: 503,
            ImageDecodeError: 500}
 _NO_STORE = {"Cache-Control": "no-store"}
 _IMAGE_HEADERS = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
@@ -160,6 +164,35 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
     async def search(q: str | None = None, k: str | None = None, min_score: str | None = None) -> JSONResponse:
         text, k_val, ms_val = parse_search_params(q, k, min_score)
         raw = await asyncio.wrap_future(app.state.batcher.submit(text, k_val, ms_val))
+        return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
+
+    uploads = UploadGate()
+
+    @app.post("/api/search")
+    async def search_by_photo(request: Request) -> JSONResponse:
+        """Multipart form: `image` (a photo, at most MAX_UPLOAD_BYTES), optional `q`, `k`, `under`: images like the
+        photo (steered by q). The photo is decoded by the same safe decoder and checked by the child detector."""
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > MAX_UPLOAD_BYTES + 64 * 1024:  # refuse before anything is read
+            raise UploadTooLargeError(f"send the photo with a Content-Length of at most {MAX_UPLOAD_BYTES // 2**20} MB")
+        uploads.admit(request.client.host if request.client else "")
+        form = await request.form(max_files=1, max_fields=8)
+        photo = form.get("image")
+        if photo is None or isinstance(photo, str):
+            raise InvalidQueryError("send the photo as a multipart field named `image` (and optionally q, k, under)")
+        data = await photo.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise UploadTooLargeError(f"photo over {MAX_UPLOAD_BYTES // 2**20} MB; send a smaller one")
+        text = " ".join(str(form.get("q") or "").split()) or None
+        _, k_val, _ = parse_search_params(text or "photo", str(form.get("k") or "") or None, None)
+        search = getattr(retriever, "search_by_example", None)
+        if search is None:
+            raise InvalidQueryError("this server's index does not support search by example")
+        try:
+            image = decode_image(data)
+        except ImageDecodeError as err:
+            raise InvalidQueryError(f"the uploaded file is not a usable photo: {err}") from None
+        raw = await asyncio.to_thread(search, [image], text=text, k=k_val, under=str(form.get("under") or "") or None)
         return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
 
     app.include_router(review_router(retriever, policy, images))

@@ -73,6 +73,7 @@
       last = Object.assign({}, body, { query: "like " + (hit.image || "#" + hit.id) });
       slider.value = 0;
       render();
+      document.body.dataset.state = "done";
     });
     return b;
   }
@@ -198,6 +199,35 @@
       if (mine === seq) go.disabled = false;
     }
   }
+
+  // Search with a photo: POST /api/search (multipart); the words in the box, if any, steer it.
+  async function searchPhoto(file) {
+    hide(errorBox);
+    document.body.dataset.state = "loading";
+    const data = new FormData();
+    data.append("image", file);
+    data.append("k", kSelect.value);
+    if (input.value.trim()) data.append("q", input.value.trim());
+    try {
+      const resp = await fetch("/api/search", { method: "POST", body: data });
+      let body = null;
+      try { body = await resp.json(); } catch (e) { body = null; }
+      if (!resp.ok) {
+        last = null; render();
+        show(errorBox, (body && body.error) || ("photo search failed: HTTP " + resp.status));
+        document.body.dataset.state = "error";
+        return;
+      }
+      last = Object.assign({}, body, { query: "like " + file.name });
+      slider.value = 0;
+      render();
+      document.body.dataset.state = "done";
+    } catch (err) {
+      show(errorBox, "Cannot reach the server (" + err.message + ")");
+      document.body.dataset.state = "error";
+    }
+  }
+  $("photo").addEventListener("change", (ev) => { if (ev.target.files.length) searchPhoto(ev.target.files[0]); });
 
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
