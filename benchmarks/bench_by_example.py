@@ -1,0 +1,124 @@
+"""Search by example on the course data: does an image query find images about the same subject as often as a text
+query made of that image's own caption?
+
+    python benchmarks/bench_by_example.py [--latency-index INDEX] [--json]
+
+Images: the training images labelled child-free by eye (what the product may show). Subject of an image: the most
+frequent of a fixed list of subject nouns across its 5 Flickr8k captions (plural folded; images without one are left
+out). 10 image-grouped folds of ~50 images each play the gallery, like the validation protocol. For each image of a
+fold, with itself removed from the gallery: the image query ranks the gallery by cosine to its own projected vector
+(what `retrieve query --image` and "more like this" do); the text query is its first caption, ranked by the shipped
+score key (what `retrieve query TEXT` does). share@5 = share of queries with at least one of the top 5 about the same
+subject. Both use the shipped default model (trained on these images, so both are in-sample alike).
+`--latency-index INDEX` also times, on that index, in one process after warm-up (median of 10): a text query, "more
+like this" (a stored vector: no encoder) and a search by photo (the image encoder's passes + the child detector on the
+photo). Writes benchmarks/results/bench_by_example.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+
+import numpy as np
+from common import RESULTS_DIR, banner, ensure_repo_on_path, write_json
+
+ensure_repo_on_path()
+
+SUBJECTS = ("dog", "man", "woman", "boy", "girl", "child", "people", "person", "player", "biker", "bike", "bicycle",
+            "horse", "cat", "bird", "car", "skier", "snowboarder", "surfer", "climber", "crowd", "team", "couple",
+            "ball", "water", "beach", "snow", "motorcycle", "skateboarder", "cow", "sheep", "boat")
+_PLURAL = {"dogs": "dog", "men": "man", "women": "woman", "boys": "boy", "girls": "girl", "children": "child",
+           "players": "player", "bikers": "biker", "bikes": "bike", "horses": "horse", "cats": "cat", "birds": "bird",
+           "cars": "car", "skiers": "skier", "surfers": "surfer", "climbers": "climber", "balls": "ball", "cows": "cow",
+           "boats": "boat", "persons": "person", "bicycles": "bicycle", "motorcycles": "motorcycle",
+           "skateboarders": "skateboarder", "snowboarders": "snowboarder"}
+
+
+def subject(captions: list[str]) -> str | None:
+    words = Counter()
+    for text in captions:
+        for w in re.findall(r"[a-z]+", text.lower()):
+            w = _PLURAL.get(w, w)
+            if w in SUBJECTS:
+                words[w] += 1
+    return words.most_common(1)[0][0] if words else None
+
+
+def latency(index: str) -> dict[str, float]:
+    import time
+
+    from retrieval.index.imageio import load_image
+    from retrieval.search import Retriever
+
+    r = Retriever.open(index)
+    photo = load_image(r.images_root / r.store.meta["rel_path"].iloc[0])
+
+    def median_ms(fn) -> float:
+        fn()
+        runs = []
+        for _ in range(10):
+            t = time.perf_counter()
+            fn()
+            runs.append((time.perf_counter() - t) * 1e3)
+        return round(float(np.median(runs)), 2)
+
+    text = median_ms(lambda: r.search("a cat lying on a blanket", k=10))
+    like = median_ms(lambda: r.search_by_example(like_row=0, k=10))
+    by_photo = median_ms(lambda: r.search_by_example([photo], k=10))
+    return {"count": int(r.store.count), "text": text, "more_like_this": like, "photo": by_photo,
+            "photo_over_text": round(by_photo / text, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--latency-index", default=None, help="index to time text / more-like-this / photo queries on")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    from retrieval.config import course_data_dir
+    from retrieval.learn.features import course_embeddings, read_extra_captions
+    from retrieval.learn.model import load_model
+    from retrieval.learn.validation import image_folds
+    from retrieval.policy.visual_labels import labels_for
+    from retrieval.vectors import l2n
+
+    info = banner({"benchmark": "search by example vs text, course data"})
+    model = load_model(None)
+    c = model.config
+    emb = course_embeddings(course_data_dir(), c.image_encoder, c.text_encoder, tuple(c.image_views))
+    captions: dict[str, list[str]] = {}
+    for qid, text in read_extra_captions(course_data_dir()):
+        captions.setdefault(qid.split("#", 1)[0], []).append(text)
+    labels = labels_for(emb.image_names)
+    keep = [i for i, n in enumerate(emb.image_names) if labels[i] == "none" and subject(captions.get(n, []))]
+    subj = {i: subject(captions[emb.image_names[i]]) for i in keep}
+    z_img = l2n(np.asarray(model.project_images(emb.image_feats[keep]), np.float32))
+    first = [captions[emb.image_names[i]][0] for i in keep]
+    from retrieval.encoders import build_text_encoder
+
+    feats_t = build_text_encoder(c.text_encoder).encode(first)
+    z_txt = np.asarray(model.project_texts(feats_t), np.float32)
+    hits = {"image": [], "text": []}
+    for _, va in image_folds(len(keep), 10, 0):
+        va = np.asarray(va)
+        for pos in va:
+            gallery = va[va != pos]
+            want = subj[keep[pos]]
+            img_rank = gallery[np.argsort(-(z_img[gallery] @ z_img[pos]), kind="stable")[:5]]
+            key = model.rank_key(z_img[gallery], z_txt[pos], feats_t[pos])
+            txt_rank = gallery[np.argsort(-key, kind="stable")[:5]]
+            hits["image"].append(any(subj[keep[g]] == want for g in img_rank))
+            hits["text"].append(any(subj[keep[g]] == want for g in txt_rank))
+    out = {**info, "queries": len(hits["image"]), "subjects": dict(Counter(subj.values()).most_common()),
+           "share_at_5_image_query": round(float(np.mean(hits["image"])), 4),
+           "share_at_5_text_query": round(float(np.mean(hits["text"])), 4)}
+    if args.latency_index:
+        out["latency_ms"] = latency(args.latency_index)
+    path = write_json(RESULTS_DIR / "bench_by_example.json", out)
+    print(json.dumps({k: out[k] for k in ("queries", "share_at_5_image_query", "share_at_5_text_query")}))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
