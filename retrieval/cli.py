@@ -115,6 +115,7 @@ def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int,
         if queries_file is not None:
             raise InvalidQueryError("--image searches by example; it does not combine with --queries-file")
         retriever = Retriever.open(index_dir, model_dir)
+        _note_ignored_refit(retriever)
         raw = retriever.search_by_example([load_image(p) for p in images], text=text, k=k, under=under)
         out = apply_policy(raw, policy)
         click.echo(json.dumps(out, ensure_ascii=False) if as_json else format_table(out))
@@ -130,6 +131,7 @@ def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int,
     else:
         texts = [text]
     retriever = Retriever.open(index_dir, model_dir)
+    _note_ignored_refit(retriever)
     checks = [retriever.check_query(t) for t in texts]
     for check in checks:
         if check.truncated:
@@ -138,6 +140,13 @@ def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int,
     for raw in retriever.search_checked(checks, k=k, min_score=min_score, under=under):
         out = apply_policy(raw, policy)
         click.echo(json.dumps(out, ensure_ascii=False) if as_json else format_table(out))
+
+
+def _note_ignored_refit(retriever) -> None:
+    """An operator refit made for another model is not applied: say so (the detector's own threshold serves)."""
+    reason = getattr(getattr(retriever, "policy", None), "refit_ignored", "")
+    if reason:
+        click.echo(f"note: {reason}", err=True)
 
 
 def format_table(result: dict) -> str:
@@ -172,6 +181,7 @@ def serve_cmd(index_dir: Path, model_dir: Path | None, host: str, port: int, pol
 
     token = serving_token(host, policy, token)
     app = load_app(index_dir, model_dir, policy, token=token)
+    _note_ignored_refit(app.state.retriever)
     url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
     note = "; requests need the token (Authorization: Bearer, or open this URL once)" if token else ""
     click.echo(f"serving {app.state.retriever.store.count} images at {url} (policy {policy}{note}); Ctrl-C stops")

@@ -36,18 +36,13 @@ class OpenedIndex:
         from retrieval.search import open_index
 
         store, model = open_index(index_dir, model_dir)
-        return cls(Path(store.folder), store, model, policy_for(Path(store.folder), store, model))
+        return cls(Path(store.folder), store, model, IndexPolicy.for_model(store.folder, store.meta, model))
 
     def rel_path(self, row: int) -> str:
         return str(self.store.meta["rel_path"].iloc[row])
 
     def abs_path(self, row: int) -> Path:
         return Path(self.store.manifest.images_root) / self.rel_path(row)
-
-
-def policy_for(index_dir: Path, store: Any, model: Any) -> IndexPolicy:
-    return IndexPolicy(index_dir, store.meta, getattr(model, "detector", None), model.config.model_id,
-                       model.config.child_image_threshold)
 
 
 def find_row(opened: OpenedIndex, image: str | os.PathLike[str] | None = None, row: int | None = None) -> int:
@@ -162,8 +157,7 @@ def refit(index_dir: str | Path, model_dir: str | Path | None = None, dry_run: b
     reviewed = pol.reviewed_mask()
     new = Refit(pol.model_id, tuple(map(float, mean)), tuple(map(float, scale)), tuple(map(float, weight)), float(bias),
                 float(threshold), now_iso(), (operator or default_operator()), {})
-    prob = np.where(pol.has_features, new.apply(det).fuse(pol.features), pol.base_prob)
-    after = np.where(reviewed, before, np.nan_to_num(prob, nan=-1.0) >= threshold)
+    after = np.where(reviewed, before, np.nan_to_num(pol.rescored(new), nan=-1.0) >= threshold)
     un = ~reviewed
     report = {**numbers, "previous_threshold": pol.threshold, "images": int(len(before)),
               "reviewed": int(reviewed.sum()),

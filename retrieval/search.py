@@ -76,9 +76,7 @@ class Retriever:
         self.stats = SearchStats()
         self._rel_paths = store.meta["rel_path"].astype(str).tolist()
         self._detection = store.meta["detection"].fillna("").tolist() if "detection" in store.meta else None
-        self.policy = policy if policy is not None else IndexPolicy(
-            store.folder, store.meta, getattr(model, "detector", None), model.config.model_id,
-            model.config.child_image_threshold)
+        self.policy = policy if policy is not None else IndexPolicy.for_model(store.folder, store.meta, model)
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "Retriever":
@@ -141,7 +139,7 @@ class Retriever:
         n_cand = candidate_count(k, self.store.count)
         if n_cand == 0:
             return [RawResult(c.text, self._query_child(c.text, p), [], threshold) for c, p in zip(checks, child_p)]
-        _, ids = self.store.search(z, n_cand, under) if under else self.store.search(z, n_cand)
+        _, ids = self.store.search(z, n_cand, under)
         t3 = time.perf_counter()
         results = []
         for row, check in enumerate(checks):
@@ -197,7 +195,7 @@ class Retriever:
             child = child or self._query_child(check.text, float(self.model.child_text_prob(feats_t)[0]))
             label = check.text
         n_cand = candidate_count(k + 1, self.store.count)
-        _, ids = self.store.search(z[None, :], n_cand, under) if under else self.store.search(z[None, :], n_cand)
+        _, ids = self.store.search(z[None, :], n_cand, under)
         cand = ids[0][ids[0] >= 0]
         if like_row is not None:
             cand = cand[cand != int(like_row)]  # "more like this" never returns the photo itself

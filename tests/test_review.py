@@ -228,3 +228,16 @@ def test_cli_review_refit_and_audit_server(fake_env: Path, tmp_path: Path, monke
     strict = TestClient(create_app(retriever, "strict", thumb_dir=tmp_path / "thumbs"))
     assert strict.post("/api/review", json={"id": row, "decision": "none"}).status_code == 403
     assert strict.get(f"/api/image/{row}").status_code == 451  # the web decision withholds it under strict
+
+
+def test_a_refit_made_for_another_model_is_ignored_and_said(fake_env: Path, tmp_path: Path) -> None:
+    index = tmp_path / "idx"
+    shutil.copytree(fake_env / "idx", index)
+    Refit("another-model", (0.0,) * 6, (1.0,) * 6, (0.0,) * 6, 0.0, 0.99, now_iso(), "ana").save(index)
+    res = run_cli("query", "a dog", "--index", index, "--model", fake_env / "model", "--json")
+    assert res.exit_code == 0, res.output
+    assert "note: refit.json was made for model another-mode" in res.stderr
+    from retrieval.search import Retriever
+
+    retriever = Retriever.open(index, fake_env / "model")
+    assert retriever.policy.refit is None and retriever.image_threshold == retriever.model.config.child_image_threshold

@@ -40,6 +40,18 @@ class IndexPolicy:
         self._stamp: tuple[int, int] | None = None
         self.refresh()
 
+    @classmethod
+    def for_model(cls, index_dir: str | Path, meta: pd.DataFrame, model: Any) -> "IndexPolicy":
+        """The policy of an index served by `model` (its detector, model id and threshold)."""
+        return cls(index_dir, meta, getattr(model, "detector", None), model.config.model_id,
+                   model.config.child_image_threshold)
+
+    def rescored(self, refit: Refit) -> npt.NDArray[np.float64]:
+        """Every row's P(child) under `refit` (rows without stored detector features keep their stored value)."""
+        if not self.has_features.any():
+            return self.base_prob
+        return np.where(self.has_features, refit.apply(self.detector).fuse(self.features), self.base_prob)
+
     def _stamps(self) -> tuple[int, int]:
         out = []
         for name in ("decisions.json", REFIT_FILE):
@@ -69,8 +81,7 @@ class IndexPolicy:
                                   f"{self.model_id[:12]}; run `retrieve policy-refit --index {self.index_dir}` again")
             return
         self.refit = refit
-        rescored = refit.apply(self.detector).fuse(self.features) if self.has_features.any() else np.zeros(0)
-        self.prob = np.where(self.has_features, rescored, self.base_prob) if len(rescored) else self.base_prob
+        self.prob = self.rescored(refit)
         self.threshold = float(refit.threshold)
 
     # ------------------------------------------------------------------ per row

@@ -20,12 +20,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from retrieval.errors import RetrievalError
-from retrieval.limits import MAX_UPLOAD_BYTES, UPLOADS_PER_MINUTE
+from retrieval.limits import MAX_UPLOAD_REQUEST_BYTES, UPLOADS_PER_MINUTE
 
 TOKEN_ENV = "RETRIEVAL_TOKEN"
 COOKIE = "retrieval_token"
 #: Request bodies above this size are refused (413) before they are read: the review API takes a few fields;
-#: a search-by-photo upload (POST /api/search) may carry up to `limits.MAX_UPLOAD_BYTES`.
+#: a search-by-photo upload (POST /api/search) may carry up to `limits.MAX_UPLOAD_REQUEST_BYTES`.
 MAX_BODY_BYTES = 16 * 1024
 
 
@@ -89,7 +89,7 @@ def require_token(app: FastAPI, token: str) -> None:
     @app.middleware("http")
     async def _check(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
-        cap = MAX_UPLOAD_BYTES + 64 * 1024 if request.url.path == "/api/search" else MAX_BODY_BYTES
+        cap = MAX_UPLOAD_REQUEST_BYTES if request.url.path == "/api/search" else MAX_BODY_BYTES
         if length and length.isdigit() and int(length) > cap:
             return JSONResponse({"error": f"request body over {cap} bytes; send less"}, status_code=413)
         if not known(request):

@@ -29,14 +29,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retrieval import __version__
-from retrieval.limits import MAX_K, MAX_QUERY_CHARS
 from retrieval.errors import USER_ERRORS, ImageDecodeError, InvalidQueryError
+from retrieval.limits import MAX_QUERY_CHARS
 from retrieval.policy.apply import validate_policy
-from retrieval.index.imageio import decode_image
-from retrieval.server.access import UploadGate, UploadRateError, UploadTooLargeError, require_token
-from retrieval.limits import MAX_UPLOAD_BYTES
+from retrieval.server.access import UploadRateError, UploadTooLargeError, require_token
 from retrieval.server.batcher import SearchBatcher, ServerBusyError
-from retrieval.server.images import ImageNotFoundError, ImageService, ImageWithheldError, public_result
+from retrieval.server.examples import example_router
+from retrieval.server.images import ImageNotFoundError, ImageService, ImageWithheldError, parse_count, public_result
 from retrieval.server.review import ReviewForbiddenError, review_router
 
 
@@ -71,12 +70,7 @@ def parse_search_params(q: str | None, k: str | None, min_score: str | None) -> 
         raise InvalidQueryError("missing query; pass ?q=some+words, e.g. /api/search?q=a+dog+on+a+beach")
     if len(text) > MAX_QUERY_CHARS:
         raise InvalidQueryError(f"query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}, shorten q")
-    try:
-        k_val = int(k) if k is not None else 10
-    except ValueError:
-        raise InvalidQueryError(f"k must be an integer in 1..{MAX_K}, got {k[:20]!r}; pass e.g. k=10") from None
-    if not 1 <= k_val <= MAX_K:
-        raise InvalidQueryError(f"k must be an integer in 1..{MAX_K}, got {k_val}; pass e.g. k=10")
+    k_val = parse_count(k, "k", 10)
     try:
         ms_val = float(min_score) if min_score not in (None, "") else 0.0
     except ValueError:
@@ -122,6 +116,7 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
         from retrieval.config import cache_dir
 
         thumb_dir = cache_dir() / "thumbs"
+
     def new_batcher() -> SearchBatcher:
         return SearchBatcher(retriever.search_many, max_batch=max_batch, window_s=batch_window_ms / 1000.0)
 
@@ -166,48 +161,8 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
         raw = await asyncio.wrap_future(app.state.batcher.submit(text, k_val, ms_val))
         return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
 
-    uploads = UploadGate()
-
-    @app.post("/api/search")
-    async def search_by_photo(request: Request) -> JSONResponse:
-        """Multipart form: `image` (a photo, at most MAX_UPLOAD_BYTES), optional `q`, `k`, `under`: images like the
-        photo (steered by q). The photo is decoded by the same safe decoder and checked by the child detector."""
-        length = request.headers.get("content-length", "")
-        if not length.isdigit() or int(length) > MAX_UPLOAD_BYTES + 64 * 1024:  # refuse before anything is read
-            raise UploadTooLargeError(f"send the photo with a Content-Length of at most {MAX_UPLOAD_BYTES // 2**20} MB")
-        uploads.admit(request.client.host if request.client else "")
-        form = await request.form(max_files=1, max_fields=8)
-        photo = form.get("image")
-        if photo is None or isinstance(photo, str):
-            raise InvalidQueryError("send the photo as a multipart field named `image` (and optionally q, k, under)")
-        data = await photo.read(MAX_UPLOAD_BYTES + 1)
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise UploadTooLargeError(f"photo over {MAX_UPLOAD_BYTES // 2**20} MB; send a smaller one")
-        text = " ".join(str(form.get("q") or "").split()) or None
-        _, k_val, _ = parse_search_params(text or "photo", str(form.get("k") or "") or None, None)
-        search = getattr(retriever, "search_by_example", None)
-        if search is None:
-            raise InvalidQueryError("this server's index does not support search by example")
-        try:
-            image = decode_image(data)
-        except ImageDecodeError as err:
-            raise InvalidQueryError(f"the uploaded file is not a usable photo: {err}") from None
-        raw = await asyncio.to_thread(search, [image], text=text, k=k_val, under=str(form.get("under") or "") or None)
-        return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
-
     app.include_router(review_router(retriever, policy, images))
-
-    @app.get("/api/similar/{image_id}")
-    def similar(image_id: str, k: str | None = None, under: str | None = None) -> JSONResponse:
-        """Images like an indexed one ("more like this"): its stored vector, no re-embedding; a withheld source
-        is 451 like its image."""
-        images.path_of(image_id)  # 404 unknown id, 451 withheld under this policy
-        _, k_val, _ = parse_search_params("similar", k, None)
-        search = getattr(retriever, "search_by_example", None)
-        if search is None:
-            raise InvalidQueryError("this server's index does not support search by example")
-        raw = search(like_row=int(image_id), k=k_val, under=under or None)
-        return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
+    app.include_router(example_router(retriever, policy, images))
 
     @app.get("/api/image/{image_id}")
     def image(image_id: str) -> FileResponse:

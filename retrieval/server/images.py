@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.atomic import write_bytes
-from retrieval.errors import ImageDecodeError, RetrievalError
+from retrieval.errors import ImageDecodeError, InvalidQueryError, RetrievalError
 from retrieval.hashing import sha256_file
 from retrieval.policy.apply import apply_policy
 from retrieval.policy.types import DEFAULT_IMAGE_THRESHOLD, Hit, RawResult
@@ -152,3 +152,17 @@ def public_result(raw: Any, policy: str) -> dict[str, Any]:
                 shown["url"] = f"/api/image/{int(hit.image_id)}"
                 shown["thumb"] = f"/api/thumb/{int(hit.image_id)}"
     return out
+
+
+def parse_count(value: str | None, name: str, default: int) -> int:
+    """A query-string count in 1..MAX_K (`k`, `n`); InvalidQueryError naming the bad value and an example."""
+    from retrieval.limits import MAX_K
+
+    try:
+        count = int(value) if value is not None else default
+    except ValueError:
+        raise InvalidQueryError(f"{name} must be an integer in 1..{MAX_K}, got {str(value)[:20]!r}; pass e.g. "
+                                f"{name}={default}") from None
+    if not 1 <= count <= MAX_K:
+        raise InvalidQueryError(f"{name} must be an integer in 1..{MAX_K}, got {count}; pass e.g. {name}={default}")
+    return count

@@ -11,10 +11,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from retrieval.errors import InvalidQueryError, RetrievalError
-from retrieval.limits import MAX_K
 from retrieval.policy.types import RawResult
 from retrieval.review import OpenedIndex, decide_row, next_for_review
-from retrieval.server.images import ImageService, image_threshold, public_result
+from retrieval.server.images import ImageService, image_threshold, parse_count, public_result
 
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -61,13 +60,7 @@ def review_router(retriever: Any, policy: str, images: ImageService) -> APIRoute
     @router.get("/api/review/queue")
     def review_queue(n: str | None = None) -> JSONResponse:
         opened = reviewable()
-        try:
-            count = int(n) if n is not None else 20
-        except ValueError:
-            count = 0
-        if not 1 <= count <= MAX_K:
-            raise InvalidQueryError(f"n must be an integer in 1..{MAX_K}, got {str(n)[:20]!r}; pass e.g. n=20")
-        ids = [int(d["id"]) for d in next_for_review(opened.folder, count, opened=opened)]
+        ids = [int(d["id"]) for d in next_for_review(opened.folder, parse_count(n, "n", 20), opened=opened)]
         return JSONResponse({"hits": audit_hits(ids)}, headers=_NO_STORE)
 
     return router
