@@ -17,9 +17,8 @@ from retrieval.errors import InvalidQueryError, RetrievalError
 from retrieval.hashing import sha256_file
 from retrieval.policy.operator import IndexPolicy
 from retrieval.policy.queue import calibration, expected_gain, review_queue
-from retrieval.policy.refit import REFIT_FILE, Refit, RefitRefusedError, fit_refit
-from retrieval.policy.review import (REVIEW_DIR, Decision, ReviewStore, check_decision, default_operator, now_iso,
-                                     review_root)
+from retrieval.policy.refit import Refit, RefitRefusedError, fit_refit
+from retrieval.policy.review import Decision, ReviewStore, check_decision, default_operator, now_iso, review_root
 
 
 @dataclass
@@ -177,7 +176,7 @@ def undo_refit(index_dir: str | Path, operator: str | None = None) -> bool:
     """Remove the refit (back to the detector's own fusion and threshold); logged. False when there was none."""
 
     root = review_root(index_dir)
-    path = root / REVIEW_DIR / REFIT_FILE
+    path = Refit.path(root)
     store = ReviewStore(root)
     with backend_for(root).lock():
         if not path.is_file():

@@ -14,8 +14,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from retrieval.policy.refit import REFIT_FILE, Refit, detection_rows
-from retrieval.policy.review import REVIEW_DIR, Decision, ReviewStore
+from retrieval.policy.refit import Refit, detection_rows
+from retrieval.policy.review import Decision, ReviewStore
 
 
 class IndexPolicy:
@@ -54,9 +54,9 @@ class IndexPolicy:
 
     def _stamps(self) -> tuple[int, int]:
         out = []
-        for name in ("decisions.json", REFIT_FILE):
+        for path in (self.reviews.path, Refit.path(self.index_dir)):
             try:
-                out.append((self.index_dir / REVIEW_DIR / name).stat().st_mtime_ns)
+                out.append(path.stat().st_mtime_ns)
             except FileNotFoundError:
                 out.append(0)
         return out[0], out[1]

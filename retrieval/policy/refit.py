@@ -61,13 +61,18 @@ class Refit:
             self.fusion_scale), fusion_weight=np.asarray(self.fusion_weight), fusion_bias=float(self.fusion_bias),
             threshold=float(self.threshold))
 
+    @staticmethod
+    def path(index_dir: Path) -> Path:
+        """Where an index's refit lives (under its review root)."""
+        return Path(index_dir) / REVIEW_DIR / REFIT_FILE
+
     def save(self, index_dir: Path) -> Path:
         data = {"format": FORMAT, **dataclasses.asdict(self)}
-        return write_text(Path(index_dir) / REVIEW_DIR / REFIT_FILE, json.dumps(data, indent=1) + "\n", durable=True)
+        return write_text(Refit.path(index_dir), json.dumps(data, indent=1) + "\n", durable=True)
 
     @classmethod
     def load(cls, index_dir: Path) -> "Refit | None":
-        path = Path(index_dir) / REVIEW_DIR / REFIT_FILE
+        path = Refit.path(index_dir)
         if not path.is_file():
             return None
         try:
