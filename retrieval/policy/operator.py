@@ -30,8 +30,8 @@ class IndexPolicy:
         self.base_threshold = float(base_threshold)
         self.sha = meta["sha256"].astype(str).tolist() if "sha256" in meta else [""] * len(meta)
         self.base_prob = meta["child_prob"].to_numpy(np.float64) if "child_prob" in meta else np.full(len(meta), np.nan)
-        self.features, self.has_features = detection_rows(meta["detection"].fillna("")) if "detection" in meta \
-            else (np.zeros((len(meta), 0)), np.zeros(len(meta), bool))
+        self._meta = meta
+        self._features: tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]] | None = None
         self.refit: Refit | None = None
         self.refit_ignored = ""  # why a refit file on disk is not used (another model)
         self.prob = self.base_prob
@@ -39,6 +39,23 @@ class IndexPolicy:
         self._decisions: dict[str, Decision] = {}
         self._stamp: tuple[int, int] | None = None
         self.refresh()
+
+    def _parsed(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """Every row's stored detector features, parsed from the detection JSON once, only when a refit, the queue
+        or `policy-refit` needs them (opening an index for search does not pay for it)."""
+        if self._features is None:
+            meta = self._meta
+            self._features = detection_rows(meta["detection"].fillna("")) if "detection" in meta \
+                else (np.zeros((len(meta), 0)), np.zeros(len(meta), bool))
+        return self._features
+
+    @property
+    def features(self) -> npt.NDArray[np.float64]:
+        return self._parsed()[0]
+
+    @property
+    def has_features(self) -> npt.NDArray[np.bool_]:
+        return self._parsed()[1]
 
     @classmethod
     def for_model(cls, index_dir: str | Path, meta: pd.DataFrame, model: Any) -> "IndexPolicy":
