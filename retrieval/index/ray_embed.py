@@ -47,12 +47,10 @@ class _Embedder:
         entries = [FileEntry(str(r), Path(str(p)), 0, 0) for r, p in zip(batch["rel"], batch["path"])]
         prepared = [_prepare(int(i), e, self.encoder, self.cache, self.max_megapixels)
                     for i, e in zip(batch["i"], entries)]
-        fresh = [p for p in prepared if p.error is None and p.cached is None]
+        fresh = [k for k, p in enumerate(prepared) if p.error is None and p.cached is None]
         feats = np.zeros((len(prepared), self.encoder.dim), np.float32)
         if fresh:
-            out = np.asarray(self.encoder.embed_batch([p.item for p in fresh]), np.float32)
-            for p, row in zip(fresh, out):
-                feats[prepared.index(p)] = row
+            feats[fresh] = np.asarray(self.encoder.embed_batch([prepared[k].item for k in fresh]), np.float32)
         for k, p in enumerate(prepared):
             if p.cached is not None:
                 feats[k] = p.cached
