@@ -87,6 +87,25 @@ class Manifest:
         return parse_manifest(json.loads(path.read_text(encoding="utf-8")), folder, str(path))
 
 
+def manifest_for(manifest_fields: Mapping[str, Any], count: int, dim: int, metric: str, params: Mapping[str, Any],
+                 vector_dtype: str) -> Manifest:
+    """The caller's identity fields plus what a write knows: counts, index type and parameters, library versions,
+    dates (`created` kept when the caller passes the previous one). Every backend's writes build it here."""
+    fields = dict(manifest_fields)
+    fields.update(
+        count=int(count),
+        dim=int(dim),
+        metric=metric,
+        index_type=params.get("index_type", "flat"),
+        index_params={k: v for k, v in params.items() if k != "index_type"},
+        vector_dtype=vector_dtype,
+        versions={**library_versions(), **dict(fields.get("versions") or {})},
+        created=fields.get("created") or now_iso(),
+        updated=now_iso(),
+    )
+    return Manifest.from_fields(fields)
+
+
 def parse_manifest(data: Any, location: str | Path, source: str | None = None) -> Manifest:
     """A manifest from its JSON object, version-checked (IndexVersionError / IndexOutdatedError, ValueError if
     malformed); `location` is what the messages name (a folder, a .db, a URI)."""

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from index_store.errors import IndexNotFoundError, IndexStoreError, InvalidLocationError
-from index_store.manifest import Manifest, check_expected, library_versions, now_iso, parse_manifest
+from index_store.manifest import Manifest, check_expected, manifest_for, parse_manifest
 
 COLLECTION = "images"
 MANIFEST_PROPERTY = "index_store.manifest"
@@ -192,31 +192,39 @@ class MilvusBackend:
             raise ValueError(f"vectors {vectors.shape} and meta ({len(meta)} rows) do not align")
         client = self.client()
         old = self._manifest_data()
-        if client.has_collection(self.collection) and (old is None or old.get("dim") != int(vectors.shape[1]) or any(
-                old.get(k) != manifest_fields.get(k) for k in ("model_id", "image_encoder_sha") if manifest_fields.get(k))):
-            client.drop_collection(self.collection)
+        other_model = old is not None and any(old.get(k) != manifest_fields.get(k)
+                                              for k in ("model_id", "image_encoder_sha") if manifest_fields.get(k))
+        if client.has_collection(self.collection) and (other_model or self._dim() != int(vectors.shape[1])):
+            client.drop_collection(self.collection)  # never mix rows of two models; a killed build's rows stay
         if not client.has_collection(self.collection):
             self._create(int(vectors.shape[1]))
         self._loaded()
-        ids = np.asarray([row_id(p) for p in meta["rel_path"].astype(str)], np.int64)
+        records = meta[list(_META)].to_dict("records")
+        ids = [row_id(str(r["rel_path"])) for r in records]
         have = {int(r["id"]): r for r in self._iterate(["id", *_META])}
-        changed = [i for i, pk in enumerate(ids) if not _same(have.get(int(pk)), meta.iloc[i])]
+        changed = [i for i, pk in enumerate(ids) if not _same(have.get(pk), records[i])]
         for start in range(0, len(changed), BATCH):
             part = changed[start:start + BATCH]
-            client.upsert(self.collection, [_row(int(ids[i]), vectors[i], meta.iloc[i]) for i in part])
-        gone = sorted(set(have) - set(int(i) for i in ids))
+            client.upsert(self.collection, [_row(ids[i], vectors[i], records[i]) for i in part])
+        gone = sorted(set(have) - set(ids))
         for start in range(0, len(gone), BATCH):
             client.delete(self.collection, ids=gone[start:start + BATCH])
         client.flush(self.collection)
-        fields = dict(manifest_fields)
-        fields.update(count=len(meta), dim=int(vectors.shape[1]), metric="ip",
-                      index_type="milvus_flat" if self.lite else "milvus_hnsw",
-                      index_params={} if self.lite else dict(HNSW), vector_dtype="float32",
-                      versions={**library_versions(), **dict(fields.get("versions") or {})},
-                      created=(old or {}).get("created") or fields.get("created") or now_iso(), updated=now_iso())
-        manifest = Manifest.from_fields(fields)
+        fields = {**manifest_fields, "created": (old or {}).get("created") or manifest_fields.get("created")}
+        params = {"index_type": "milvus_flat"} if self.lite else {"index_type": "milvus_hnsw", **HNSW}
+        manifest = manifest_for(fields, len(meta), int(vectors.shape[1]), "ip", params, "float32")
         client.alter_collection_properties(self.collection, properties={MANIFEST_PROPERTY: json.dumps(manifest.to_dict())})
         return manifest
+
+    def _dim(self) -> int | None:
+        """The vector dimension of the existing collection (None without one)."""
+        client = self.client()
+        if not client.has_collection(self.collection):
+            return None
+        for f in client.describe_collection(self.collection).get("fields", []):
+            if f.get("name") == "vector":
+                return int((f.get("params") or {}).get("dim", 0))
+        return None
 
     def _create(self, dim: int) -> None:
         from pymilvus import DataType
@@ -289,7 +297,7 @@ def _held_elsewhere(db: Path) -> bool:
         os.close(fd)
 
 
-def _same(stored: Mapping[str, Any] | None, row: pd.Series) -> bool:
+def _same(stored: Mapping[str, Any] | None, row: Mapping[str, Any]) -> bool:
     if stored is None:
         return False
     for key in _META:
@@ -302,7 +310,7 @@ def _same(stored: Mapping[str, Any] | None, row: pd.Series) -> bool:
     return True
 
 
-def _row(pk: int, vector: npt.NDArray[np.float32], row: pd.Series) -> dict[str, Any]:
+def _row(pk: int, vector: npt.NDArray[np.float32], row: Mapping[str, Any]) -> dict[str, Any]:
     detection = row.get("detection", "")
     return {"id": pk, "vector": vector.tolist(), "rel_path": str(row["rel_path"]), "size": int(row["size"]),
             "mtime_ns": int(row["mtime_ns"]), "sha256": str(row["sha256"]), "child_prob": float(row["child_prob"]),

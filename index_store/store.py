@@ -30,7 +30,7 @@ import pandas as pd
 
 from index_store.ann import FLAT_MAX, apply_search_params, build_ann
 from index_store.atomic import aside_copy, clean_stale, flush, fsync_dir, fsync_file, swap_in, temp_sibling
-from index_store.manifest import MANIFEST_NAME, Manifest, check_expected, library_versions, now_iso
+from index_store.manifest import MANIFEST_NAME, Manifest, check_expected, manifest_for
 from index_store.errors import IndexNotFoundError, InvalidLocationError
 
 INDEX_NAME = "index.faiss"
@@ -115,7 +115,7 @@ class IndexStore:
         if index.ntotal != len(vectors):
             raise ValueError(f"index holds {index.ntotal} vectors but {len(vectors)} rows were given")
 
-        manifest = _manifest(manifest_fields, vectors, metric, params, vector_dtype)
+        manifest = manifest_for(manifest_fields, len(vectors), int(vectors.shape[1]), metric, params, vector_dtype)
 
         folder.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(folder)
@@ -243,24 +243,6 @@ def _check_rows(vectors: npt.NDArray[Any], meta: pd.DataFrame, vector_dtype: str
         raise ValueError(f"meta has duplicate rel_path values, e.g. {meta['rel_path'][meta['rel_path'].duplicated()].iloc[0]!r}")
     if vector_dtype not in ("float32", "float16"):
         raise ValueError(f"vector_dtype {vector_dtype!r} is not supported; use 'float32' or 'float16'")
-
-
-def _manifest(manifest_fields: Mapping[str, Any], vectors: npt.NDArray[Any], metric: str, params: Mapping[str, Any],
-              vector_dtype: str) -> Manifest:
-    """The caller's identity fields plus what this write knows: counts, index type, versions, dates."""
-    fields = dict(manifest_fields)
-    fields.update(
-        count=len(vectors),
-        dim=int(vectors.shape[1]),
-        metric=metric,
-        index_type=params.get("index_type", "flat"),
-        index_params={k: v for k, v in params.items() if k != "index_type"},
-        vector_dtype=vector_dtype,
-        versions={**library_versions(), **dict(fields.get("versions") or {})},
-        created=fields.get("created") or now_iso(),
-        updated=now_iso(),
-    )
-    return Manifest.from_fields(fields)
 
 
 def _carry_over(folder: Path, tmp: Path, names: Sequence[str]) -> None:

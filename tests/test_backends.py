@@ -243,7 +243,11 @@ def test_kill_9_during_a_milvus_lite_build_then_resume(tmp_path: Path) -> None:
     backend = MilvusBackend(db)
     assert not backend.exists()  # no manifest: not an index yet, so nothing half-built is ever served
     v, meta = rows(40000, dim=64)
+    real = backend.client().upsert
+    resent: list[int] = []
+    backend.client().upsert = lambda name, data, **kw: resent.append(len(data)) or real(name, data, **kw)
     backend.write(v, meta, FIELDS)
+    assert 0 < sum(resent) <= 40000 - 3000  # it resumes: the batches that had landed are not sent again
     got = backend.load()
     assert got.count == 40000 and got.meta["rel_path"].tolist() == meta["rel_path"].tolist()
     backend.close()
