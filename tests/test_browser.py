@@ -201,6 +201,8 @@ def test_search_with_a_photo_then_more_like_this(driver, fake_env: Path, tmp_pat
     with background_server(app) as url:
         driver.get(url + "/")
         wait(driver, lambda d: d.find_element(By.ID, "photo"))
+        wait(driver, lambda d: "policy off" in d.find_element(By.ID, "health").text)
+        assert not driver.find_element(By.ID, "review-bar").is_displayed()  # review is for audit servers only
         driver.execute_script("document.body.dataset.state = ''")
         driver.find_element(By.ID, "photo").send_keys(str(photo))
         wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "done")
