@@ -1,6 +1,6 @@
 """Query latency / recall / memory at index size N, end to end through the public API.
 
-    python benchmarks/bench_query.py --n 1000000 [--queries 200] [--json] [--model DIR] [--reuse]
+    python benchmarks/bench_query.py --n 1000000 [--queries 200] [--json] [--model DIR] [--reuse] [--by-example]
 
 Index: the course images embedded with the model's image encoder (`retrieval.learn.features.course_embeddings`) and
 projected with `model.project_images`, plus N - 1000 synthetic vectors drawn from a Gaussian mixture fitted to
@@ -151,8 +151,38 @@ def recall(got: np.ndarray, ref: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(a[:k].tolist()) & set(b[:k].tolist())) for a, b in zip(got, ref)]) / k)
 
 
+def by_example_latency(retriever: Any, names: list[str], n_queries: int) -> dict[str, Any]:
+    """Searches by example on the same index, one at a time after warm-up: "more like this" (an indexed row's
+    stored vector) and a search by photo (a course JPEG decoded, embedded by the index's image encoder, checked by
+    the child detector), each with per-stage medians; the photo's stages show where its time goes."""
+    from retrieval.index.imageio import load_image
+
+    root = retriever.images_root
+    rows = list(range(min(len(names), WARMUP + n_queries)))
+    like, like_stages, photo, photo_stages = [], [], [], []
+    for i in rows:
+        t = time.perf_counter()
+        retriever.search_by_example(like_row=i, k=10)
+        if i >= WARMUP:
+            like.append(time.perf_counter() - t)
+            like_stages.append(dict(retriever.stats.stages))
+    for i in rows:
+        t = time.perf_counter()
+        image = load_image(root / (REAL_PREFIX + names[i]))  # decoding is part of the query
+        retriever.search_by_example([image], k=10)
+        if i >= WARMUP:
+            photo.append(time.perf_counter() - t)
+            photo_stages.append(dict(retriever.stats.stages))
+
+    def stage_p50(stages: list[dict[str, float]]) -> dict[str, float]:
+        return {key: round(float(np.median([s[key] for s in stages])), 2) for key in stages[0]} if stages else {}
+
+    return {"queries": len(like), "more_like_this_p50_ms": median_ms(like), "more_like_this_stages_p50_ms": stage_p50(like_stages),
+            "photo_p50_ms": median_ms(photo), "photo_stages_p50_ms": stage_p50(photo_stages)}
+
+
 def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, seed: int, reuse: bool,
-        faiss_threads: int) -> dict[str, Any]:
+        faiss_threads: int, by_example: bool = False) -> dict[str, Any]:
     import faiss
 
     from index_store import IndexStore, build_ann
@@ -238,6 +268,8 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
             cpu.append(time.process_time() - c)
             stages.append(dict(retriever.stats.stages))
     rss1, peak = rss_bytes()
+    if by_example:
+        out["by_example"] = by_example_latency(retriever, names, n_queries=min(30, n_queries))
     out.update(p50_ms=median_ms(e2e), p90_ms=pct_ms(e2e, 90), p99_ms=pct_ms(e2e, 99), queries=len(e2e))
     #: process CPU time per query (all threads): what the wall time would be on an idle machine when one thread works
     out["cpu_p50_ms"] = median_ms(cpu)
@@ -340,12 +372,20 @@ def main() -> None:
     ap.add_argument("--faiss-threads", type=int, default=1, help="OpenMP threads for single-query search.")
     ap.add_argument("--reuse", action="store_true", help="Reuse an existing bench index of the same size/model.")
     ap.add_argument("--delete", action="store_true", help="Delete the index folder afterwards.")
+    ap.add_argument("--by-example", action="store_true",
+                    help="Also time 'more like this' and search by photo on the same index (issue #14's target).")
     ap.add_argument("--json", action="store_true", help="Print the result JSON as the last stdout line.")
     ap.add_argument("--out", type=Path, default=None, help="Result file (default results/bench_query_<n>.json).")
     args = ap.parse_args()
-    result = run(args.n, args.queries, args.model, args.index_dir, args.seed, args.reuse, args.faiss_threads)
+    result = run(args.n, args.queries, args.model, args.index_dir, args.seed, args.reuse, args.faiss_threads,
+                 args.by_example)
+    if args.by_example:
+        ex = result["by_example"]
+        ex["more_like_this_over_text"] = round(ex["more_like_this_p50_ms"] / result["p50_ms"], 2)
+        ex["photo_over_text"] = round(ex["photo_p50_ms"] / result["p50_ms"], 2)
     result["command"] = "python benchmarks/bench_query.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in (("n", args.n), ("queries", args.queries)))
+        f"--{k.replace('_', '-')} {v}" for k, v in (("n", args.n), ("queries", args.queries))) + (
+        " --by-example" if args.by_example else "")
     path = write_json(args.out or RESULTS_DIR / f"bench_query_{args.n}.json", result)
     if args.delete:
         from retrieval.config import cache_dir

@@ -102,7 +102,8 @@ def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int,
               queries_file: Path | None, min_score: float, under: str | None, images: tuple[Path, ...],
               policy: str) -> None:
     """Search INDEX_DIR for TEXT (or every query of --queries-file); scores are calibrated 0..1 relevance.
-    With --image: images like the example(s) (hits carry a raw cosine `similarity` instead of a score)."""
+    With --image: images like the example(s), scored by calibrated image-to-image relevance (and the TEXT's score
+    when both are given); hits also carry `similarity`, the raw cosine to the example."""
     import json
 
     from retrieval.errors import InvalidQueryError
@@ -116,7 +117,8 @@ def query_cmd(text: str | None, index_dir: Path, model_dir: Path | None, k: int,
             raise InvalidQueryError("--image searches by example; it does not combine with --queries-file")
         retriever = Retriever.open(index_dir, model_dir)
         _note_ignored_refit(retriever)
-        raw = retriever.search_by_example([load_image(p) for p in images], text=text, k=k, under=under)
+        raw = retriever.search_by_example([load_image(p) for p in images], text=text, k=k, under=under,
+                                          min_score=min_score)
         out = apply_policy(raw, policy)
         click.echo(json.dumps(out, ensure_ascii=False) if as_json else format_table(out))
         return
@@ -156,7 +158,7 @@ def format_table(result: dict) -> str:
         return "\n".join(lines + [f"  [restricted] {result['disclaimer']}"])
     if not result["hits"]:
         return "\n".join(lines + ["  (no hits)"])
-    by_example = result["hits"][0].get("score") is None
+    by_example = result["hits"][0].get("score") is None  # a model without image-to-image calibration
     lines.append(f"  {'rank':>4}  {'cos' if by_example else 'score':>5}  image")
     for hit in result["hits"]:
         shown = hit["path"] if hit["path"] else f"[{hit['disclaimer']}]"

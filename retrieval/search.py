@@ -161,48 +161,73 @@ class Retriever:
 
     # -- search by example ----------------------------------------------------------------------------------
     def search_by_example(self, images: Sequence[Any] = (), text: str | None = None, k: int = 10,
-                          under: str | None = None, like_row: int | None = None) -> RawResult:
+                          under: str | None = None, like_row: int | None = None, min_score: float = 0.0) -> RawResult:
         """Images like the query images (decoded pictures) and/or an indexed row (`like_row`), optionally steered by
-        `text`: the query vector is the mean of the projected examples, mixed half and half with the projected
-        text when both are given (`EXAMPLE_TEXT_WEIGHT`), ranked by cosine in the shared space.
+        `text` (rclip's "+"). The example vector is the mean of the projected examples.
 
-        Scores: there is no calibration of image-to-image relevance yet, so hits carry `similarity` (the raw cosine,
-        -1..1) and `score` None. The query is restricted when the text is a child query or the child detector
-        finds a child in a query image (an indexed row: its stored verdict)."""
+        Photo only: ranked by cosine to it; `score` = the calibrated image-to-image relevance of that cosine
+        (`RetrievalModel.example_score`, retrieval.learn.examples: the expected expert/crowd relevance of the hit
+        for a description of the query photo). With words: ANN candidates come from the mix of example and text
+        vectors (`EXAMPLE_TEXT_WEIGHT`), ranked and scored by photo score x text score (the chance the hit matches
+        both, taken as independent). Every hit also carries `similarity`, its raw cosine to the example vector.
+        Models without that calibration give `score` None (ranked by cosine to the mix, as before).
+
+        The query is restricted when the text is a child query or the child detector finds a child in a query image
+        (an indexed row: its stored verdict)."""
         if not len(images) and like_row is None:
             raise InvalidQueryError("give a query image (--image PATH) or an indexed image to search like")
         if not isinstance(k, int) or k <= 0:
             raise InvalidQueryError(f"k must be a positive integer, got {k!r}; pass -k 10 for example")
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise InvalidQueryError(f"min-score must be within 0..1, got {min_score!r}")
         self.policy.refresh()
         threshold = self.policy.threshold
+        t0 = time.perf_counter()
         parts, child = [], False
         if len(images):
-            encoder = self._image_encoder()
-            feats = np.asarray(encoder.embed_batch([encoder.preprocess(im) for im in images]), np.float32)
+            feats, child = self._embed_and_check(images, threshold)
             parts.append(l2n(np.asarray(self.model.project_images(feats), np.float32)).mean(0))
-            child = child or self._images_show_a_child(images, feats, threshold)
+        else:
+            self.stats.stages = {}
         if like_row is not None:
             parts.append(np.asarray(self.store.vectors[[int(like_row)]], np.float32)[0])
             hit = self._hit(1, int(like_row), 0.0)
             child = child or hit_is_restricted(hit, threshold)
-        z = l2n(np.mean(parts, axis=0))
-        label = text or ""
+        z_ex = l2n(np.mean(parts, axis=0))
+        z, label, text_part = z_ex, text or "", None
         if text:
             check = self.check_query(text)
             feats_t = self.text_encoder.encode([check.text])
             zt = l2n(np.asarray(self.model.project_texts(feats_t), np.float32)[0])
-            z = l2n(EXAMPLE_TEXT_WEIGHT * z + (1.0 - EXAMPLE_TEXT_WEIGHT) * zt)
+            z = l2n(EXAMPLE_TEXT_WEIGHT * z_ex + (1.0 - EXAMPLE_TEXT_WEIGHT) * zt)
             child = child or self._query_child(check.text, float(self.model.child_text_prob(feats_t)[0]))
-            label = check.text
+            label, text_part = check.text, (zt, feats_t[0])
+        t1 = time.perf_counter()
         n_cand = candidate_count(k + 1, self.store.count)
         _, ids = self.store.search(z[None, :], n_cand, under)
+        t2 = time.perf_counter()
         cand = ids[0][ids[0] >= 0]
         if like_row is not None:
             cand = cand[cand != int(like_row)]  # "more like this" never returns the photo itself
-        sims = np.asarray(self.store.vectors[cand], np.float32) @ z if len(cand) else np.zeros(0, np.float32)
-        order = np.argsort(-sims, kind="stable")[:k]
-        hits = [replace(self._hit(r + 1, int(cand[i]), 0.0), score=None, similarity=float(sims[i]))
-                for r, i in enumerate(order)]
+        cand_z = np.asarray(self.store.vectors[cand], np.float32) if len(cand) else np.zeros((0, len(z)), np.float32)
+        sims = cand_z @ z_ex
+        scores = self.model.example_score(sims)
+        if text_part is None:
+            key = sims
+        elif scores is None:
+            key = cand_z @ z
+        else:
+            zt, raw_t = text_part
+            scores = scores * self.model.calibrate(self.model.rank_key(cand_z, zt, raw_t))
+            key = scores
+        hits = []
+        for i in np.argsort(-key, kind="stable"):
+            if len(hits) == k or (scores is not None and scores[i] < min_score):
+                break
+            score = None if scores is None else float(scores[i])
+            hits.append(replace(self._hit(len(hits) + 1, int(cand[i]), 0.0), score=score, similarity=float(sims[i])))
+        self.stats.stages.update({"text_ms": (t1 - t0) * 1e3 - sum(self.stats.stages.values()),
+                                  "ann_ms": (t2 - t1) * 1e3, "rerank_ms": (time.perf_counter() - t2) * 1e3})
         return RawResult(label or "(search by example)", child, hits, threshold)
 
     def _image_encoder(self) -> Any:
@@ -211,16 +236,42 @@ class Retriever:
         c = self.model.config
         return build_image_encoder(c.image_encoder, views=tuple(c.image_views))
 
-    def _images_show_a_child(self, images: Sequence[Any], feats: np.ndarray, threshold: float) -> bool:
-        """The child detector on query images, as at build time (no detector in the model: never restricted)."""
+    def _embed_and_check(self, images: Sequence[Any], threshold: float) -> tuple[np.ndarray, bool]:
+        """The query photos' image features, and whether the child detector (as at build time) finds a child in
+        one. The detector's face pass needs only pixels, so it runs on a second thread beside the image encoder
+        (both release the GIL in their native kernels): the photo query waits for the slower of the two, not their
+        sum. No detector in the model: never restricted."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        t0 = time.perf_counter()
+        encoder = self._image_encoder()
+        runtime = self._detector_runtime()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            found = pool.submit(runtime.find, list(images)) if runtime is not None else None
+            feats = np.asarray(encoder.embed_batch([encoder.preprocess(im) for im in images]), np.float32)
+            t1 = time.perf_counter()
+            child = self._images_show_a_child(images, feats, threshold, found.result() if found else None)
+        t2 = time.perf_counter()
+        self.stats.stages = {"image_encode_ms": (t1 - t0) * 1e3, "detector_wait_ms": (t2 - t1) * 1e3}
+        return feats, child
+
+    def _detector_runtime(self) -> Any:
         detector = getattr(self.model, "detector", None)
         if detector is None:
-            return False
-        from retrieval.policy.detector import DetectorRuntime
-
+            return None
         if getattr(self, "_runtime", None) is None:
+            from retrieval.policy.detector import DetectorRuntime
+
             self._runtime = DetectorRuntime(detector)
-        return any(d.prob >= threshold for d in self._runtime.detect(list(images), feats))
+        return self._runtime
+
+    def _images_show_a_child(self, images: Sequence[Any], feats: np.ndarray, threshold: float,
+                             found: Any = None) -> bool:
+        """The child detector's verdict on query images (`found`: its face pass, already run)."""
+        runtime = self._detector_runtime()
+        if runtime is None:
+            return False
+        return any(d.prob >= threshold for d in runtime.detect(list(images), feats, found))
 
     def _query_child(self, text: str, prob: float) -> bool:
         return query_is_child(text, float(prob), self.model.config.child_text_threshold)

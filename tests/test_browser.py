@@ -195,7 +195,8 @@ def test_search_with_a_photo_then_more_like_this(driver, fake_env: Path, tmp_pat
     from retrieval.search import Retriever
 
     retriever = Retriever.open(fake_env / "idx", fake_env / "model")
-    retriever._images_show_a_child = lambda images, feats, threshold: False
+    retriever._detector_runtime = lambda: None  # the detector's networks are not what this test is about
+    retriever._images_show_a_child = lambda *args, **kwargs: False
     app = create_app(retriever, "off", thumb_dir=tmp_path / "thumbs")
     photo = fake_env / "images" / retriever.store.meta["rel_path"].iloc[2]
     with background_server(app) as url:

@@ -16,12 +16,18 @@ from retrieval.search import Retriever
 from tests.conftest import run_cli
 
 
+def detector_says(monkeypatch: pytest.MonkeyPatch, r: Retriever, child: bool) -> None:
+    """The child detector's verdict on every query photo, without running its networks."""
+    monkeypatch.setattr(r, "_detector_runtime", lambda: None)
+    monkeypatch.setattr(r, "_images_show_a_child", lambda *args, **kwargs: child)
+
+
 @pytest.fixture()
 def retriever(fake_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Retriever:
     index = tmp_path / "idx"
     shutil.copytree(fake_env / "idx", index)
     r = Retriever.open(index, fake_env / "model")
-    monkeypatch.setattr(r, "_images_show_a_child", lambda images, feats, threshold: False)
+    detector_says(monkeypatch, r, False)
     return r
 
 
@@ -42,7 +48,7 @@ def test_words_steer_the_example_and_a_child_query_or_child_photo_is_refused(ret
     steered = retriever.search_by_example(like_row=0, text="a dog on the grass", k=3)
     assert steered.query == "a dog on the grass" and len(steered.hits) == 3
     assert apply_policy(retriever.search_by_example(like_row=0, text="a little girl", k=3), "strict")["hits"] == []
-    monkeypatch.setattr(retriever, "_images_show_a_child", lambda images, feats, threshold: True)
+    detector_says(monkeypatch, retriever, True)
     image = load_image(fake_env / "images" / retriever.store.meta["rel_path"].iloc[0])
     out = apply_policy(retriever.search_by_example([image], k=3), "strict")
     assert out["restricted"] and out["hits"] == [] and out["disclaimer"]
@@ -92,7 +98,7 @@ def test_search_by_uploaded_photo(fake_env: Path, tmp_path: Path, monkeypatch: p
     import retrieval.server.access as access
 
     retriever = Retriever.open(fake_env / "idx", fake_env / "model")
-    monkeypatch.setattr(retriever, "_images_show_a_child", lambda images, feats, threshold: False)
+    detector_says(monkeypatch, retriever, False)
     client = TestClient(create_app(retriever, "audit", thumb_dir=tmp_path / "t"))
     name = retriever.store.meta["rel_path"].iloc[3]
     photo = (fake_env / "images" / name).read_bytes()
@@ -106,7 +112,7 @@ def test_search_by_uploaded_photo(fake_env: Path, tmp_path: Path, monkeypatch: p
     assert res.status_code == 400 and "`image`" in res.json()["error"]
     big = client.post("/api/search", files={"image": ("big.jpg", b"\xff" * (MAX_UPLOAD_BYTES + 100_000), "image/jpeg")})
     assert big.status_code == 413
-    monkeypatch.setattr(retriever, "_images_show_a_child", lambda images, feats, threshold: True)
+    detector_says(monkeypatch, retriever, True)
     strict = TestClient(create_app(retriever, "strict", thumb_dir=tmp_path / "t"))
     res = strict.post("/api/search", files={"image": ("p.jpg", photo, "image/jpeg")})
     assert res.status_code == 200 and res.json()["restricted"] and res.json()["hits"] == []
@@ -116,3 +122,87 @@ def test_search_by_uploaded_photo(fake_env: Path, tmp_path: Path, monkeypatch: p
     with pytest.raises(access.UploadRateError):
         gate.admit("1.2.3.4")
     gate.admit("5.6.7.8")  # per client
+
+
+def _calibrated_model(fake_env: Path, tmp_path: Path, x: list[float], y: list[float]) -> Path:
+    """The fake model with image-to-image knots written into its config (config.json is not part of model_id)."""
+    model = tmp_path / "model"
+    shutil.copytree(fake_env / "model", model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["example_calibration"] = {"x": x, "y": y}
+    (model / "config.json").write_text(json.dumps(cfg))
+    return model
+
+
+def test_scores_of_a_calibrated_model_and_the_words_plus_photo_product(fake_env: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With knots score = (cos + 1) / 2: photo-only hits carry exactly that, ranked by it; with words the score is
+    photo score x text score and ranks the hits; min_score drops hits below it; the API returns the same."""
+    from retrieval.server import create_app
+
+    r = Retriever.open(fake_env / "idx", _calibrated_model(fake_env, tmp_path, [-1.0, 1.0], [0.0, 1.0]))
+    detector_says(monkeypatch, r, False)
+    like = r.search_by_example(like_row=1, k=4)
+    assert [h.score for h in like.hits] == pytest.approx([(h.similarity + 1) / 2 for h in like.hits], abs=1e-5)
+    assert [h.score for h in like.hits] == sorted((h.score for h in like.hits), reverse=True)
+    text = "a dog on the grass"
+    both = r.search_by_example(like_row=1, text=text, k=4)
+    feats = r.text_encoder.encode([text])
+    zt = r.model.project_texts(feats)[0]
+    for h in both.hits:
+        words = float(r.model.calibrate(r.model.rank_key(r.store.vectors[[h.image_id]], zt, feats[0]))[0])
+        assert h.score == pytest.approx((h.similarity + 1) / 2 * words, abs=1e-5)
+    assert [h.score for h in both.hits] == sorted((h.score for h in both.hits), reverse=True)
+    cut = (like.hits[1].score + like.hits[2].score) / 2
+    assert [h.image_id for h in r.search_by_example(like_row=1, k=4, min_score=cut).hits] == \
+        [h.image_id for h in like.hits[:2]]
+    body = TestClient(create_app(r, "audit", thumb_dir=tmp_path / "t")).get(
+        "/api/similar/1", params={"k": 4, "min_score": str(cut)}).json()
+    assert [h["id"] for h in body["hits"]] == [h.image_id for h in like.hits[:2]]
+    assert body["hits"][0]["score"] == pytest.approx(like.hits[0].score, abs=1e-5)
+    with pytest.raises(Exception, match="min-score"):
+        r.search_by_example(like_row=1, min_score=1.5)
+
+
+def test_text_search_api_takes_the_folder_filter(tmp_path: Path, fake_env: Path) -> None:
+    """GET /api/search?under=a: every hit is in folder a and k hits still come back (filtered inside the ANN)."""
+    from retrieval.server import create_app
+
+    images = tmp_path / "images"
+    for i, p in enumerate(sorted((fake_env / "images").glob("[0-9]*.jpg"))):
+        (images / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, images / ("a" if i % 2 else "b") / p.name)
+    assert run_cli("build-index", images, "--index", tmp_path / "idx", "--model", fake_env / "model",
+                   "--quiet").exit_code == 0
+    r = Retriever.open(tmp_path / "idx", fake_env / "model")
+    in_a = sum(p.startswith("a/") for p in r.store.meta["rel_path"])
+    client = TestClient(create_app(r, "audit", thumb_dir=tmp_path / "t"))
+    hits = client.get("/api/search", params={"q": "a dog", "k": in_a, "under": "a"}).json()["hits"]
+    assert len(hits) == in_a and all(r.store.meta["rel_path"].iloc[h["id"]].startswith("a/") for h in hits)
+    everywhere = client.get("/api/search", params={"q": "a dog", "k": in_a}).json()["hits"]
+    assert any(not r.store.meta["rel_path"].iloc[h["id"]].startswith("a/") for h in everywhere)
+
+
+def test_the_detector_face_pass_runs_beside_the_image_encoder(fake_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A photo query hands the face pass to a second thread and gives its result to the verdict; a photo whose
+    detection crosses the threshold restricts the query."""
+    import threading
+    from types import SimpleNamespace
+
+    r = Retriever.open(fake_env / "idx", fake_env / "model")
+    seen: dict[str, object] = {}
+
+    class StubRuntime:
+        def find(self, images):
+            seen["thread"] = threading.current_thread().name
+            return ("faces", len(images))
+
+        def detect(self, images, feats, found=None):
+            seen["found"] = found
+            return [SimpleNamespace(prob=0.99 if found == ("faces", 1) else 0.0) for _ in images]
+
+    monkeypatch.setattr(r, "_detector_runtime", lambda: StubRuntime())
+    image = load_image(fake_env / "images" / r.store.meta["rel_path"].iloc[0])
+    raw = r.search_by_example([image], k=2)
+    assert seen["found"] == ("faces", 1) and seen["thread"] != threading.current_thread().name
+    assert raw.query_child and apply_policy(raw, "strict")["hits"] == []

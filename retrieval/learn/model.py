@@ -19,6 +19,7 @@ from retrieval.atomic import atomic_folder
 from retrieval.config import DEFAULT_MODEL_DIR, PACKAGED_MODELS
 from retrieval.errors import ModelMismatchError, ModelNotFoundError
 from retrieval.hashing import sha256_file
+from retrieval.learn.examples import calibration_from_json
 from retrieval.learn.projection import LinearProjection
 from retrieval.learn.reranker import Reranker
 from retrieval.policy.classifiers import LinearProbe
@@ -51,6 +52,8 @@ class ModelConfig:
     training: Mapping[str, Any] = field(default_factory=dict)
     validation: Mapping[str, Any] = field(default_factory=dict)
     created: str = ""
+    #: isotonic knots {"x": cosines, "y": scores} of the image-to-image score (retrieval.learn.examples); {} = none
+    example_calibration: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     model_id: str = ""
 
@@ -121,6 +124,12 @@ class RetrievalModel:
         if self.reranker is None or a == 0.0:
             return (b * cos if b else cos).astype(np.float32)
         return (a * logit(self.reranker) + b * cos).astype(np.float32)
+
+    def example_score(self, cos: np.ndarray) -> FloatArray | None:
+        """Calibrated image-to-image relevance of image-pair cosines (retrieval.learn.examples for what it means);
+        None for models trained without that calibration."""
+        cal = calibration_from_json(self.config.example_calibration)
+        return None if cal is None else cal(np.asarray(cos, np.float32))
 
     def child_text_prob(self, feats: np.ndarray) -> FloatArray:
         if self.text_probe is None:

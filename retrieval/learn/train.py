@@ -19,10 +19,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from retrieval.encoders import build_image_encoder, build_text_encoder
+from retrieval.learn.examples import calibration_to_json, example_pairs, fit_example_calibration
 from retrieval.learn.features import CourseEmbeddings, course_embeddings, course_face_table, read_extra_captions
 from retrieval.learn.model import ModelConfig, RetrievalModel
 from retrieval.learn.projection import LinearProjection, Pairs, fit_cca, fit_contrastive
-from retrieval.learn.reranker import (CaptionMemory, Reranker, build_memory, fit_calibration, fit_listwise,
+from retrieval.learn.reranker import (Calibration, CaptionMemory, Reranker, build_memory, fit_calibration, fit_listwise,
                                       fit_logistic, logit_grid, pair_features, plot_reliability)
 from retrieval.learn.validation import (CoursePairs, RowKind, course_pairs, image_folds, mean_metrics, reranker_quality,
                                         restricted_images, retrieval_metrics, train_mask_for)
@@ -236,6 +237,7 @@ class CrossValidation:
         X: pair features; rows: what each row is; fold_id: its validation fold.
         keys: (n_blend, n_rows) ranking keys a*logit + b*cosine; oof_prob: their calibrated scores.
         lists: listwise training lists of every fold (the final head learns from all of them).
+        fold_z: per fold, its held-out image rows and their vectors under that fold's projection (out of fold).
     """
 
     metrics: dict[str, Any]
@@ -245,6 +247,7 @@ class CrossValidation:
     fold_id: np.ndarray
     oof_prob: np.ndarray
     lists: list[tuple[np.ndarray, np.ndarray]]
+    fold_z: list[tuple[np.ndarray, np.ndarray]]
 
     def allowed(self, ts: TrainingSet) -> np.ndarray:
         """Rows the training rule keeps (all rows when the rule is off)."""
@@ -258,7 +261,7 @@ def cross_validate(ts: TrainingSet, cfg: HeadConfig, seed: int, progress: Progre
     emb, cp, ev, text_child, restricted, rule = ts.emb, ts.cp, ts.ev, ts.text_child, ts.restricted, ts.rule
     folds = image_folds(cp.n_images, min(cfg.n_folds, cp.n_images), seed)
     rng = np.random.default_rng(seed)
-    fold_data, feats, rows_list, fold_of, lists = [], [], [], [], []
+    fold_data, feats, rows_list, fold_of, lists, fold_z = [], [], [], [], [], []
     for f, (tr, va) in enumerate(folds):
         img_ok, txt_ok = train_mask_for(ev, tr)
         if rule:
@@ -270,6 +273,7 @@ def cross_validate(ts: TrainingSet, cfg: HeadConfig, seed: int, progress: Progre
         col = np.full(cp.n_images, -1)
         col[va] = np.arange(len(va))
         zi = proj.project_images(emb.image_feats[va])
+        fold_z.append((va, zi))
         zt = proj.project_texts(emb.text_feats[ev.caption_txt[qm]])
         raw = emb.text_feats[ev.caption_txt[qm]] if cfg.raw_memory else None
         pseudo, pseudo_raw = memory.pseudo(zi) if memory is not None else (None, None)
@@ -318,7 +322,7 @@ def cross_validate(ts: TrainingSet, cfg: HeadConfig, seed: int, progress: Progre
             "retrieval_non_child": mean_metrics([r[0] for r in res]), "retrieval_all": mean_metrics([r[1] for r in res]),
             "score": reranker_quality(ev, rows, prob, keys[j], X[:, 0], text_child, restricted, allowed),
         }
-    return CrossValidation(metrics, X, rows, keys, fold_id, probs, lists)
+    return CrossValidation(metrics, X, rows, keys, fold_id, probs, lists, fold_z)
 
 
 def _blend_name(a: float, b: float) -> str:
@@ -401,7 +405,8 @@ def validation_summary(cv: CrossValidation, blend: tuple[float, float]) -> dict[
 
 def model_config(ts: TrainingSet, heads: FinalHeads, policy: PolicyHeads, blend: tuple[float, float],
                  metrics: dict[str, Any], image_encoder: str, text_encoder: str, views: Sequence[str],
-                 extra_captions: bool, keep_restricted: bool, seed: int, cfg: HeadConfig) -> ModelConfig:
+                 extra_captions: bool, keep_restricted: bool, seed: int, cfg: HeadConfig,
+                 example_calibration: Calibration | None = None) -> ModelConfig:
     ienc = build_image_encoder(image_encoder, views=tuple(views))
     tenc = build_text_encoder(text_encoder)
     return ModelConfig(
@@ -416,6 +421,7 @@ def model_config(ts: TrainingSet, heads: FinalHeads, policy: PolicyHeads, blend:
                   "keep_restricted": keep_restricted, "n_images": heads.n_images, "n_pairs": heads.n_pairs,
                   "n_reranker_rows": heads.n_rows, "heads": {k: v for k, v in vars(cfg).items()}},
         validation=metrics, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        example_calibration=calibration_to_json(example_calibration) if example_calibration is not None else {},
     )
 
 
@@ -443,8 +449,9 @@ def train_model(
     policy = fit_policy_heads(ts, text_encoder, seed, say)
     if policy.detector_metrics:
         metrics["child_detector"] = policy.detector_metrics
+    example_cal = fit_examples(ts, cv, metrics, say)
     config = model_config(ts, heads, policy, blend, metrics, image_encoder, text_encoder, views, extra_captions,
-                          keep_restricted, seed, cfg)
+                          keep_restricted, seed, cfg, example_cal)
     model = RetrievalModel(config, heads.projection, heads.reranker, policy.detector, policy.text_probe)
     model.save(out_dir)
     allowed = cv.allowed(ts)
@@ -455,6 +462,21 @@ def train_model(
     metrics["seconds"] = round(time.time() - t0, 1)
     say(f"saved {out_dir} (model_id {model.config.model_id[:12]})")
     return metrics
+
+
+def fit_examples(ts: TrainingSet, cv: CrossValidation, metrics: dict[str, Any],
+                 say: Progress = lambda _m: None) -> Calibration | None:
+    """The image-to-image score's calibration (retrieval.learn.examples); its numbers go to metrics["by_example"].
+    None (hits then carry only the raw cosine) when the data has too few graded image pairs."""
+    try:
+        cal, m = fit_example_calibration(example_pairs(ts, cv.fold_z))
+    except ValueError as exc:
+        say(f"image-to-image scores not calibrated: {exc}")
+        return None
+    metrics["by_example"] = m
+    say(f"image-to-image score: {m['n_pairs']} graded image pairs, tau-b {m['tau_b']:.3f}, ECE {m['ece']:.3f} "
+        "(out of fold)")
+    return cal
 
 
 def _visual_or_caption_labels(image_names: Sequence[str], caption_restricted: np.ndarray) -> list[str]:

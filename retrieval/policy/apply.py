@@ -66,7 +66,7 @@ def _hit_json(hit: Any, rank: int, restricted: bool, withhold: bool) -> dict[str
         "disclaimer": DISCLAIMER if withhold else None,
     }
     similarity = getattr(hit, "similarity", None)
-    if similarity is not None:  # searches by example: raw cosine, not a calibrated score
+    if similarity is not None:  # searches by example: the raw cosine to the example, beside its score
         out["similarity"] = round(float(similarity), 6)
     return out
 

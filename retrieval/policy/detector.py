@@ -290,9 +290,11 @@ class DetectorRuntime:
             k += len(fs)
         return faces, out
 
-    def detect(self, images: Sequence[Any], image_feats: npt.ArrayLike) -> list[Detection]:
-        """One Detection per image; `image_feats` are the index encoder's features of the same images."""
-        faces, face_probs = self.find(images)
+    def detect(self, images: Sequence[Any], image_feats: npt.ArrayLike,
+               found: tuple[list[list[Face]], list[FloatArray]] | None = None) -> list[Detection]:
+        """One Detection per image; `image_feats` are the index encoder's features of the same images. `found`:
+        `find(images)` already run (a search by photo runs it beside the image encoder)."""
+        faces, face_probs = found if found is not None else self.find(images)
         sizes = [tuple(im.size) for im in images]
         Z = self.heads.image_features(image_feats, faces, face_probs, sizes)  # type: ignore[arg-type]
         probs, person = self.heads.fuse(Z), self.heads.person(Z)

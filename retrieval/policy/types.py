@@ -34,8 +34,8 @@ class Hit:
         detection: the child detector's JSON stored in the index (`policy.detector.Detection`); the audit view
             turns it into the reason and the face boxes.
         review: an operator's decision about this image (`policy.review`); it outranks `flagged` and the detector.
-        similarity: raw cosine to the query (-1..1) for searches by example, whose `score` is None (no calibration
-            of image-to-image relevance exists yet).
+        similarity: searches by example: the raw cosine to the example photo(s) (-1..1), beside `score` (the
+            calibrated image-to-image relevance; None for models trained without that calibration).
     """
 
     rank: int

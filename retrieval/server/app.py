@@ -17,7 +17,6 @@ Every error is JSON {"error": "<one line naming the fix>"} with a 4xx/5xx status
 from __future__ import annotations
 
 import asyncio
-import math
 import mimetypes
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,7 +34,8 @@ from retrieval.policy.apply import validate_policy
 from retrieval.server.access import UploadRateError, UploadTooLargeError, require_token
 from retrieval.server.batcher import SearchBatcher, ServerBusyError
 from retrieval.server.examples import example_router
-from retrieval.server.images import ImageNotFoundError, ImageService, ImageWithheldError, parse_count, public_result
+from retrieval.server.images import (ImageNotFoundError, ImageService, ImageWithheldError, parse_count,
+                                     parse_min_score, public_result)
 from retrieval.server.review import ReviewForbiddenError, review_router
 
 
@@ -70,14 +70,7 @@ def parse_search_params(q: str | None, k: str | None, min_score: str | None) -> 
         raise InvalidQueryError("missing query; pass ?q=some+words, e.g. /api/search?q=a+dog+on+a+beach")
     if len(text) > MAX_QUERY_CHARS:
         raise InvalidQueryError(f"query is {len(text)} characters long; the limit is {MAX_QUERY_CHARS}, shorten q")
-    k_val = parse_count(k, "k", 10)
-    try:
-        ms_val = float(min_score) if min_score not in (None, "") else 0.0
-    except ValueError:
-        ms_val = math.nan
-    if not 0.0 <= ms_val <= 1.0:  # also rejects nan
-        raise InvalidQueryError(f"min_score must be a number in 0..1, got {str(min_score)[:20]!r}; pass e.g. min_score=0.5")
-    return text, k_val, ms_val
+    return text, parse_count(k, "k", 10), parse_min_score(min_score)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -156,9 +149,10 @@ def create_app(retriever: Any, policy: str = "strict", *, thumb_dir: str | Path 
                 "policy": policy}
 
     @app.get("/api/search")
-    async def search(q: str | None = None, k: str | None = None, min_score: str | None = None) -> JSONResponse:
+    async def search(q: str | None = None, k: str | None = None, min_score: str | None = None,
+                     under: str | None = None) -> JSONResponse:
         text, k_val, ms_val = parse_search_params(q, k, min_score)
-        raw = await asyncio.wrap_future(app.state.batcher.submit(text, k_val, ms_val))
+        raw = await asyncio.wrap_future(app.state.batcher.submit(text, k_val, ms_val, under or None))
         return JSONResponse(public_result(raw, policy), headers=_NO_STORE)
 
     app.include_router(review_router(retriever, policy, images))

@@ -2,7 +2,7 @@
 
 One worker thread owns the retriever's search path (so nothing in it needs to be thread-safe). Requests put a job on
 a queue and await a future; the worker takes the first job, gathers whatever else arrives within a short window (up
-to `max_batch`), groups jobs by (k, min_score) so every answer is exactly what a lone `search_many` call would give,
+to `max_batch`), groups jobs by (k, min_score, under) so every answer is exactly what a lone `search_many` call would give,
 and resolves the futures. Image serving and validation never touch this thread, so they are not serialised.
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ class _Job:
     k: int
     min_score: float
     future: Future = field(compare=False)
+    under: str | None = None
 
 
 @dataclass
@@ -41,7 +42,7 @@ class BatchStats:
 
 
 class SearchBatcher:
-    """Groups concurrent queries into batched `search_many(texts, k=..., min_score=...)` calls.
+    """Groups concurrent queries into batched `search_many(texts, k=..., min_score=..., under=...)` calls.
 
     Args:
         search_many: the retriever's batched search.
@@ -66,15 +67,16 @@ class SearchBatcher:
         self._thread.start()
 
     # -- client side ----------------------------------------------------------------------------------------------
-    def submit(self, text: str, k: int, min_score: float = 0.0) -> Future:
-        """Queue one query; the future resolves to its RawResult (or raises the search error)."""
+    def submit(self, text: str, k: int, min_score: float = 0.0, under: str | None = None) -> Future:
+        """Queue one query (`under`: only that folder of the library); the future resolves to its RawResult (or
+        raises the search error)."""
         with self._lock:
             if self._closed:
                 raise ServerBusyError("the server is shutting down; retry against a running `retrieve serve`")
             if self._queue.qsize() >= self.max_pending:
                 raise ServerBusyError(f"{self.max_pending} queries already waiting; retry in a moment")
             fut: Future = Future()
-            self._queue.put(_Job(text, int(k), float(min_score), fut))
+            self._queue.put(_Job(text, int(k), float(min_score), fut, under or None))
         return fut
 
     @property
@@ -113,29 +115,29 @@ class SearchBatcher:
 
     def _process(self, jobs: list[_Job]) -> None:
         live = [j for j in jobs if j.future.set_running_or_notify_cancel()]
-        groups: dict[tuple[int, float], list[_Job]] = {}
+        groups: dict[tuple[int, float, str | None], list[_Job]] = {}
         for job in live:
-            groups.setdefault((job.k, job.min_score), []).append(job)
-        for (k, min_score), group in groups.items():
+            groups.setdefault((job.k, job.min_score, job.under), []).append(job)
+        for (k, min_score, under), group in groups.items():
             self.stats.batches += 1
             self.stats.queries += len(group)
             self.stats.largest = max(self.stats.largest, len(group))
             try:
-                results = list(self._search_many([j.text for j in group], k=k, min_score=min_score))
+                results = list(self._search_many([j.text for j in group], k=k, min_score=min_score, under=under))
                 if len(results) != len(group):
                     raise RuntimeError(f"search_many returned {len(results)} results for {len(group)} queries")
             except Exception as err:  # noqa: BLE001 -- re-run alone so one bad query fails only its own request
                 if len(group) == 1:
                     group[0].future.set_exception(err)
                 else:
-                    self._one_by_one(group, k, min_score)
+                    self._one_by_one(group, k, min_score, under)
                 continue
             for job, res in zip(group, results):
                 job.future.set_result(res)
 
-    def _one_by_one(self, group: list[_Job], k: int, min_score: float) -> None:
+    def _one_by_one(self, group: list[_Job], k: int, min_score: float, under: str | None) -> None:
         for job in group:
             try:
-                job.future.set_result(self._search_many([job.text], k=k, min_score=min_score)[0])
+                job.future.set_result(self._search_many([job.text], k=k, min_score=min_score, under=under)[0])
             except Exception as err:  # noqa: BLE001
                 job.future.set_exception(err)

@@ -74,7 +74,9 @@ class FakeRetriever:
         jitter = int.from_bytes(hashlib.sha256(f"{text}\0{image_id}".encode()).digest()[:4], "little") / 2**32
         return round(0.05 + 0.85 * overlap + 0.1 * jitter, 6)
 
-    def search_many(self, texts: Sequence[str], k: int = 10, min_score: float = 0.0) -> list[RawResult]:
+    def search_many(self, texts: Sequence[str], k: int = 10, min_score: float = 0.0,
+                    under: str | None = None) -> list[RawResult]:
+        """`under`: only items in a folder of that name (the real retriever: a folder of the indexed library)."""
         if not isinstance(k, int) or k <= 0:
             raise InvalidQueryError(f"k must be a positive integer, got {k!r}")
         with self._lock:
@@ -82,7 +84,8 @@ class FakeRetriever:
         out = []
         for text in texts:
             clean = self.check_query(text).text
-            scores = [(self.score(clean, i), i) for i in range(len(self.items))]
+            scores = [(self.score(clean, i), i) for i in range(len(self.items))
+                      if under is None or under in self.items[i].path.parent.parts]
             scores.sort(key=lambda s: (-s[0], s[1]))
             hits = [self._hit(rank, i, s) for rank, (s, i) in enumerate(
                 [x for x in scores if x[0] >= min_score][:k], start=1)]

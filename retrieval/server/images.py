@@ -8,6 +8,7 @@ cache_dir()/thumbs keyed by the image's content hash, so a changed file never ge
 from __future__ import annotations
 
 import io
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -166,3 +167,14 @@ def parse_count(value: str | None, name: str, default: int) -> int:
     if not 1 <= count <= MAX_K:
         raise InvalidQueryError(f"{name} must be an integer in 1..{MAX_K}, got {count}; pass e.g. {name}={default}")
     return count
+
+
+def parse_min_score(value: str | None) -> float:
+    """A query-string / form `min_score` in 0..1 (empty = 0); InvalidQueryError naming the bad value."""
+    try:
+        score = float(value) if value not in (None, "") else 0.0
+    except ValueError:
+        score = math.nan
+    if not 0.0 <= score <= 1.0:  # also rejects nan
+        raise InvalidQueryError(f"min_score must be a number in 0..1, got {str(value)[:20]!r}; pass e.g. min_score=0.5")
+    return score
