@@ -215,3 +215,10 @@ def test_search_with_a_photo_then_more_like_this(driver, fake_env: Path, tmp_pat
         after = [n.text for n in driver.find_elements(By.CSS_SELECTOR, "#results .card .name")]
         assert after and not after[0].startswith(photo.name)  # more like this never returns the photo itself
         screenshot(driver, "search_by_photo.png")
+        # the folder field narrows every search: no photo of this library lives in a folder named "elsewhere"
+        driver.find_element(By.ID, "under").send_keys("elsewhere")
+        driver.execute_script("document.body.dataset.state = ''")
+        driver.find_elements(By.CSS_SELECTOR, "#results .card button.like")[0].click()
+        wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "done")
+        assert not driver.find_elements(By.CSS_SELECTOR, "#results .card")
+        assert "No images matched" in driver.find_element(By.ID, "empty").text

@@ -61,13 +61,18 @@
     return c;
   }
 
-  // "More like this": images near this one in the shared space (raw cosine, not a calibrated score).
+  // The folder filter, if any, applies to every kind of search.
+  function folder() { return $("under").value.trim(); }
+
+  // "More like this": images like this one, scored by calibrated image-to-image relevance.
   function likeButton(hit) {
     const b = el("button", "like", "more like this");
     b.type = "button";
     b.addEventListener("click", async () => {
       hide(errorBox);
-      const resp = await fetch("/api/similar/" + hit.id + "?k=" + kSelect.value);
+      const params = new URLSearchParams({ k: kSelect.value });
+      if (folder()) params.set("under", folder());
+      const resp = await fetch("/api/similar/" + hit.id + "?" + params.toString());
       const body = await resp.json();
       if (!resp.ok) { show(errorBox, body.error || ("search failed: HTTP " + resp.status)); return; }
       last = Object.assign({}, body, { query: "like " + (hit.image || "#" + hit.id) });
@@ -175,6 +180,7 @@
     go.disabled = true;
     document.body.dataset.state = "loading";
     const params = new URLSearchParams({ q: q, k: kSelect.value });
+    if (folder()) params.set("under", folder());
     try {
       const resp = await fetch("/api/search?" + params.toString(), { headers: { Accept: "application/json" } });
       let body = null;
@@ -208,6 +214,7 @@
     data.append("image", file);
     data.append("k", kSelect.value);
     if (input.value.trim()) data.append("q", input.value.trim());
+    if (folder()) data.append("under", folder());
     try {
       const resp = await fetch("/api/search", { method: "POST", body: data });
       let body = null;
