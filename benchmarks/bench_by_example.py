@@ -63,7 +63,9 @@ def composed(model, names: list[str], captions: dict[str, list[str]], z_img: np.
     """Text + photo: the photo gives the subject, the words the scene. For subject S and scene W, every gallery image
     whose captions put S there (>= 2 of 5 mention S) but never W is a query photo, sent with W's words ("at the
     beach"); a hit is right when >= 2 of its captions mention S and >= 2 mention W. success@5 (any right hit among
-    the top 5) for the photo alone, the words alone, and the combinations `Retriever.search_by_example` offers."""
+    the top 5) for the photo alone, the words alone, rclip's sum of the two vectors ("mix 0.5"; "mix w": w * photo +
+    (1 - w) * words) and what `Retriever.search_by_example` ships: photo score x text score ("product"). `example`:
+    the first query that only the combination answers (its top 3 for each)."""
     from retrieval.learn.examples import calibration_from_json
 
     cal = calibration_from_json(model.config.example_calibration)
@@ -75,8 +77,9 @@ def composed(model, names: list[str], captions: dict[str, list[str]], z_img: np.
     feats_t = text_encoder.encode(texts)
     z_t = np.asarray(model.project_texts(feats_t), np.float32)
     text_score = {w: model.calibrate(model.rank_key(z_img, z_t[j], feats_t[j])) for j, w in enumerate(SCENES)}
-    rankers = {"photo": [], "words": [], "mix 0.25": [], "mix 0.5": [], "mix 0.75": [], "product": []}
-    cells = []
+    rankers: dict[str, list[bool]] = {"photo": [], "words": [], "mix 0.25": [], "mix 0.5": [], "mix 0.75": [],
+                                      "product": []}
+    cells, example = [], None
     for s in COMPOSED_SUBJECTS:
         for j, w in enumerate(SCENES):
             right = has_s[s] & (in_w[w] >= 2)
@@ -92,10 +95,18 @@ def composed(model, names: list[str], captions: dict[str, list[str]], z_img: np.
                 for wt in (0.25, 0.5, 0.75):
                     zq = wt * z_img[q] + (1 - wt) * z_t[j]
                     keys[f"mix {wt:g}"] = z_img @ (zq / np.linalg.norm(zq))
+                tops = {}
                 for name, key in keys.items():
-                    top = np.flatnonzero(others)[np.argsort(-key[others], kind="stable")[:5]]
-                    rankers[name].append(bool(right[top].any()))
-    return {"cells": cells, "queries": len(rankers["photo"]),
+                    tops[name] = np.flatnonzero(others)[np.argsort(-key[others], kind="stable")[:5]]
+                    rankers[name].append(bool(right[tops[name]].any()))
+                if example is None and not right[tops["photo"]].any() and not right[tops["words"]].any() \
+                        and right[tops["product"][:3]].sum() >= 2:
+                    example = {"query_photo": names[q], "query_photo_caption": captions[names[q]][0],
+                               "query_words": SCENES[w][1], **{
+                        name: [{"image": names[i], "right": bool(right[i]),
+                                "captions": captions[names[i]][0]} for i in tops[name][:3]]
+                        for name in ("photo", "words", "product")}}
+    return {"cells": cells, "queries": len(rankers["photo"]), "example": example,
             "success_at_5": {k: round(float(np.mean(v)), 4) for k, v in rankers.items()}}
 
 
