@@ -67,6 +67,8 @@ def test_the_fit_is_monotone_cross_fitted_and_round_trips() -> None:
     assert m["tau_b"] > 0.5 and m["ece"] < 0.05 and m["brier"] < m["brier_constant"]
     assert 0.3 < m["cosine_at_0.5"] < 0.7  # target = cos + noise crosses 0.5 near cos 0.5
     assert sum(r["n"] for r in m["reliability"]) == n
+    assert cal(np.array([1.0], np.float32))[0] > 0.97  # the same photo fully matches a description of itself
+    assert m["max_score_observed_range"] < 0.97
     again = calibration_from_json(calibration_to_json(cal))
     assert np.allclose(again(grid), cal(grid), atol=1e-5)
     assert calibration_from_json({}) is None
