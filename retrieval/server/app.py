@@ -2,13 +2,14 @@
 
 `create_app(retriever, policy)` receives its parts (tests pass a fake retriever). Routes:
     GET /                  the search page (static/index.html + app.js + style.css; no CDN, works offline)
-    GET /api/search        q, k (1..100), min_score (0..1) -> the `apply_policy` object; visible hits gain url/thumb
+    GET /api/search        q, k (1..100), min_score (0..1), under -> the `apply_policy` object; visible hits gain url/thumb
     GET /api/health        {"status", "count", "model_id", "policy"}
     GET /api/image/{id}    the original file of index row id (404 unknown id, 451 withheld by policy)
     GET /api/thumb/{id}    a cached JPEG thumbnail of it (same rules)
-    GET /api/similar/{id}  k, under -> images like row id ("more like this"; hits carry `similarity`, score null)
-    POST /api/search       multipart image (+ q, k, under) -> images like the uploaded photo (413 too big, 429 too
-                           many uploads from one client)
+    GET /api/similar/{id}  k, under, min_score -> images like row id ("more like this"; calibrated image-to-image
+                           `score` plus the raw cosine `similarity`)
+    POST /api/search       multipart image (+ q, k, under, min_score) -> images like the uploaded photo (413 too big,
+                           429 too many uploads from one client)
   audit servers only (operator review, `retrieval.review`; 403 under strict/off):
     POST /api/review       {"id", "decision": child|none|clear, "operator"} -> the hit as the policy now sees it
     GET /api/review/queue  n (1..100) -> {"hits": [...]}: unreviewed images most worth a look, best first
