@@ -54,7 +54,11 @@ def test_words_steer_the_example_and_a_child_query_or_child_photo_is_refused(ret
     assert out["restricted"] and out["hits"] == [] and out["disclaimer"]
 
 
-def test_the_folder_filter_applies_to_searches_by_example(tmp_path: Path, fake_env: Path) -> None:
+def test_the_folder_filter_applies_to_searches_by_example_and_the_text_api(tmp_path: Path, fake_env: Path) -> None:
+    """under=a: every hit is in folder a, for "more like this" and for GET /api/search?under=a, and k hits still come
+    back (filtered inside the ANN search)."""
+    from retrieval.server import create_app
+
     images = tmp_path / "images"
     for i, p in enumerate(sorted((fake_env / "images").glob("[0-9]*.jpg"))):
         (images / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,12 @@ def test_the_folder_filter_applies_to_searches_by_example(tmp_path: Path, fake_e
     r = Retriever.open(tmp_path / "idx", fake_env / "model")
     raw = r.search_by_example(like_row=0, k=2, under="a")
     assert raw.hits and all(h.path.split("/images/")[1].startswith("a/") for h in raw.hits)
+    in_a = sum(p.startswith("a/") for p in r.store.meta["rel_path"])
+    client = TestClient(create_app(r, "audit", thumb_dir=tmp_path / "t"))
+    hits = client.get("/api/search", params={"q": "a dog", "k": in_a, "under": "a"}).json()["hits"]
+    assert len(hits) == in_a and all(r.store.meta["rel_path"].iloc[h["id"]].startswith("a/") for h in hits)
+    everywhere = client.get("/api/search", params={"q": "a dog", "k": in_a}).json()["hits"]
+    assert any(not r.store.meta["rel_path"].iloc[h["id"]].startswith("a/") for h in everywhere)
 
 
 def test_cli_and_api_search_by_example(fake_env: Path, tmp_path: Path) -> None:
@@ -162,25 +172,6 @@ def test_scores_of_a_calibrated_model_and_the_words_plus_photo_product(fake_env:
     assert body["hits"][0]["score"] == pytest.approx(like.hits[0].score, abs=1e-5)
     with pytest.raises(Exception, match="min-score"):
         r.search_by_example(like_row=1, min_score=1.5)
-
-
-def test_text_search_api_takes_the_folder_filter(tmp_path: Path, fake_env: Path) -> None:
-    """GET /api/search?under=a: every hit is in folder a and k hits still come back (filtered inside the ANN)."""
-    from retrieval.server import create_app
-
-    images = tmp_path / "images"
-    for i, p in enumerate(sorted((fake_env / "images").glob("[0-9]*.jpg"))):
-        (images / ("a" if i % 2 else "b")).mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, images / ("a" if i % 2 else "b") / p.name)
-    assert run_cli("build-index", images, "--index", tmp_path / "idx", "--model", fake_env / "model",
-                   "--quiet").exit_code == 0
-    r = Retriever.open(tmp_path / "idx", fake_env / "model")
-    in_a = sum(p.startswith("a/") for p in r.store.meta["rel_path"])
-    client = TestClient(create_app(r, "audit", thumb_dir=tmp_path / "t"))
-    hits = client.get("/api/search", params={"q": "a dog", "k": in_a, "under": "a"}).json()["hits"]
-    assert len(hits) == in_a and all(r.store.meta["rel_path"].iloc[h["id"]].startswith("a/") for h in hits)
-    everywhere = client.get("/api/search", params={"q": "a dog", "k": in_a}).json()["hits"]
-    assert any(not r.store.meta["rel_path"].iloc[h["id"]].startswith("a/") for h in everywhere)
 
 
 def test_the_detector_face_pass_runs_beside_the_image_encoder(fake_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
