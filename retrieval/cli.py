@@ -33,8 +33,17 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="retrieve")
-def cli() -> None:
+@click.option("--precision", type=click.Choice(("auto", "fp32", "bf16")), default=None,
+              help="Image-encoder arithmetic: auto = bf16 where the CPU runs it natively (about 2x faster, features "
+                   "within cosine 0.995), fp32 = the float path. Default $RETRIEVAL_PRECISION or auto.")
+def cli(precision: str | None) -> None:
     """Text -> image search with calibrated 0-1 relevance scores."""
+    if precision is not None:
+        import os
+
+        from retrieval.encoders.precision import PRECISION_ENV
+
+        os.environ[PRECISION_ENV] = precision  # read where the encoders compile, in this process and its workers
 
 
 #: The one --policy option of every command that prints results.

@@ -22,6 +22,12 @@ from tests.conftest import require_course_data
 needs_openvino = pytest.mark.skipif(not lite_fast.openvino_available(), reason="openvino is not installed")
 
 
+@pytest.fixture(autouse=True)
+def _float_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the float path against the reference; bf16 is tests/test_precision.py's."""
+    monkeypatch.setenv("RETRIEVAL_PRECISION", "fp32")
+
+
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 

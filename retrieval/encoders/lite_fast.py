@@ -114,11 +114,15 @@ def openvino_available() -> bool:
     return True
 
 
-def openvino_forward(spec: LiteSpec, threads: int) -> Callable[[FloatArray], FloatArray]:
+def openvino_forward(spec: LiteSpec, threads: int, precision: str = "f32") -> Callable[[FloatArray], FloatArray]:
     """Compile `spec` for the CPU: (B,3,S,S) float32 normalised -> (B,1280) pooled features (B,2560 for "meanmax").
 
-    The precision hint is pinned to f32: on CPUs with bf16/AMX OpenVINO would otherwise default to bf16.
+    `precision` is OpenVINO's INFERENCE_PRECISION_HINT, "f32" or "bf16" (`retrieval.encoders.precision`): pinned,
+    because on CPUs with bf16/AMX OpenVINO would otherwise pick bf16 by itself.
     """
+    if precision not in ("f32", "bf16"):
+        raise ValueError(f"precision must be 'f32' or 'bf16', got {precision!r}")
+
     import openvino as ov
     import openvino.opset13 as ops
 
@@ -146,7 +150,7 @@ def openvino_forward(spec: LiteSpec, threads: int) -> Callable[[FloatArray], Flo
     if spec.pool == "meanmax":
         pooled = ops.concat([pooled, ops.reduce_max(h, axes, keep_dims=False)], 1)
     model = ov.Model([pooled], [x], "efficientnet_lite_pooled")
-    config = {"INFERENCE_NUM_THREADS": max(1, int(threads)), "INFERENCE_PRECISION_HINT": "f32",
+    config = {"INFERENCE_NUM_THREADS": max(1, int(threads)), "INFERENCE_PRECISION_HINT": precision,
               "PERFORMANCE_HINT": "LATENCY"}
     compiled = ov.Core().compile_model(model, "CPU", config)
     request = compiled.create_infer_request()

@@ -20,6 +20,7 @@ from retrieval.atomic import atomic_path
 from retrieval.config import cache_dir
 from retrieval.data.course import load_course
 from retrieval.encoders import build_image_encoder, build_text_encoder, part_views, part_weight
+from retrieval.encoders.precision import training_precision
 from retrieval.index.imageio import load_image
 from retrieval.policy.detector import CROP_CONTEXT, CROP_ENCODER, MAX_FACES, faces_and_crop_features, load_crop_encoder
 from retrieval.policy.detector_train import FaceTable
@@ -87,6 +88,11 @@ def _sha(parts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def _precision_key(precision: str) -> list[str]:
+    """Cache-key part of the features' precision: none for float32 (the reference caches keep their names)."""
+    return [] if precision == "f32" else [f"precision={precision}"]
+
+
 def _save_npz(path: Path, **arrays: Any) -> None:
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
@@ -115,9 +121,10 @@ def image_view_features(
     data_dir = Path(data_dir)
     names = course_image_names(data_dir)
     folder = data_dir / "train_images"
-    encoder = build_image_encoder(encoder_name, views=(view,))
+    precision = training_precision()
+    encoder = build_image_encoder(encoder_name, views=(view,), precision=precision)
     data_fp = _sha([f"{n}:{(folder / n).stat().st_size}" for n in names])
-    key = _sha([encoder_name, encoder.checksum(), view, data_fp])[:24]
+    key = _sha([encoder_name, encoder.checksum(), view, data_fp] + _precision_key(precision))[:24]
     path = _feature_dir() / f"img-{encoder_name}-{view}-{key}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
@@ -193,9 +200,11 @@ def course_face_table(data_dir: Path | str, progress: Progress | None = None) ->
     data_dir = Path(data_dir)
     names = course_image_names(data_dir)
     folder = data_dir / "train_images"
-    encoder = load_crop_encoder()
+    precision = training_precision()
+    encoder = load_crop_encoder(precision)
     data_fp = _sha([f"{n}:{(folder / n).stat().st_size}" for n in names])
-    key = _sha([FaceFinder.id, CROP_ENCODER, encoder.checksum(), str(CROP_CONTEXT), str(MAX_FACES), data_fp])[:24]
+    key = _sha([FaceFinder.id, CROP_ENCODER, encoder.checksum(), str(CROP_CONTEXT), str(MAX_FACES), data_fp]
+               + _precision_key(precision))[:24]
     path = _feature_dir() / f"faces-{key}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:

@@ -242,10 +242,11 @@ def fusion_features(image_logit: npt.ArrayLike, person_logit: npt.ArrayLike, fac
     return Z
 
 
-def load_crop_encoder() -> Any:
-    """The encoder of face crops (EfficientNet-Lite0, whole crop); DetectorUnavailableError if it cannot load."""
+def load_crop_encoder(precision: str | None = None) -> Any:
+    """The encoder of face crops (EfficientNet-Lite0, whole crop); DetectorUnavailableError if it cannot load.
+    `precision`: as `build_image_encoder` (training passes its own)."""
     try:
-        return build_image_encoder(CROP_ENCODER, views=("full",))
+        return build_image_encoder(CROP_ENCODER, views=("full",), precision=precision)
     except Exception as exc:
         raise DetectorUnavailableError(
             f"the child detector's crop encoder {CROP_ENCODER!r} cannot load ({type(exc).__name__}: {exc}); "
