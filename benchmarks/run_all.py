@@ -5,7 +5,8 @@
 
 Each benchmark runs as its own subprocess (a fresh process per measurement: no import or allocator state leaks
 between them): bench_build.py (index build throughput, if present), bench_query.py --n N for each size,
-bench_cold.py, bench_text.py (text backends, one query and batched) and bench_evaluate.py (`retrieve evaluate`). Their JSON results stay in benchmarks/results/; this script prints a Markdown table and writes
+bench_cold.py, bench_text.py (text backends, one query and batched), bench_evaluate.py (`retrieve evaluate`),
+bench_precision.py and bench_build_cli.py (with the build), bench_by_example.py, bench_ood.py and bench_review.py. Their JSON results stay in benchmarks/results/; this script prints a Markdown table and writes
 benchmarks/results/summary.md. The 1M run needs ~4 GB RAM and, on 2 busy cores, ~15-30 min (HNSW build).
 """
 from __future__ import annotations
@@ -147,6 +148,13 @@ def main() -> None:
         ref = ["--no-reference"] if args.no_reference else []
         cold, status["bench_cold"] = _run("bench_cold.py", ["--json", "--runs", str(args.cold_runs), *model_args,
                                                             *index, *ref])
+
+    # quality / feature benchmarks that write their own results/*.json (listed under "Runs")
+    if not args.skip_build:
+        for script in ("bench_precision.py", "bench_build_cli.py"):
+            _, status[script[:-3]] = _run(script, [])
+    for script in ("bench_by_example.py", "bench_ood.py", "bench_review.py"):
+        _, status[script[:-3]] = _run(script, [])
 
     text_bench = evaluation = None
     if not args.skip_text:
