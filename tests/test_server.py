@@ -176,7 +176,7 @@ def test_boundary_values_are_accepted(client: TestClient, fake: FakeRetriever) -
                                           (IndexVersionError("index too new; upgrade"), 500),
                                           (DatasetError("broken metadata; rebuild"), 500)])
 def test_retrieval_errors_map_to_json(fake: FakeRetriever, tmp_path: Path, err: Exception, status: int) -> None:
-    def boom(texts, k=10, min_score=0.0):
+    def boom(texts, k=10, min_score=0.0, under=None):
         raise err
 
     fake.search_many = boom  # type: ignore[method-assign]
@@ -290,8 +290,8 @@ class BlockingSearch:
         self.calls: list[tuple[list[str], int]] = []
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def __call__(self, texts, k=10, min_score=0.0):
-        self.calls.append((list(texts), k))
+    def __call__(self, texts, k=10, min_score=0.0, under=None):
+        self.calls.append((list(texts), k) if under is None else (list(texts), k, under))
         self.entered.set()
         self.release.wait(10)
         if "bad" in texts:
@@ -314,6 +314,21 @@ def test_batcher_groups_waiting_queries_by_k() -> None:
     # q1,q2,q3 are taken together (max_batch 3) and split by k; q4,q5 form the next batch
     assert search.calls == [(["q0"], 3), (["q1", "q3"], 3), (["q2"], 5), (["q4", "q5"], 3)]
     assert batcher.stats.largest == 2 and batcher.stats.queries == 6
+
+
+def test_batcher_never_merges_queries_of_different_folders() -> None:
+    search = BlockingSearch()
+    batcher = SearchBatcher(search, max_batch=8, window_s=0.0)
+    try:
+        first = batcher.submit("q0", 3)
+        assert search.entered.wait(10)
+        futs = [batcher.submit("q1", 3, under="2024"), batcher.submit("q2", 3), batcher.submit("q3", 3, under="2024")]
+        search.release.set()
+        first.result(10)
+        [f.result(10) for f in futs]
+    finally:
+        batcher.close()
+    assert search.calls == [(["q0"], 3), (["q1", "q3"], 3, "2024"), (["q2"], 3)]
 
 
 def test_batcher_isolates_a_failing_query_and_bounds_its_queue() -> None:
