@@ -215,6 +215,20 @@ def test_search_with_a_photo_then_more_like_this(driver, fake_env: Path, tmp_pat
         after = [n.text for n in driver.find_elements(By.CSS_SELECTOR, "#results .card .name")]
         assert after and not after[0].startswith(photo.name)  # more like this never returns the photo itself
         screenshot(driver, "search_by_photo.png")
+        # a photo dropped on the page searches like a picked one
+        driver.execute_script("document.body.dataset.state = ''")
+        driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            fetch(arguments[0]).then((r) => r.blob()).then((blob) => {
+              const dt = new DataTransfer();
+              dt.items.add(new File([blob], "dropped.jpg", { type: "image/jpeg" }));
+              document.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
+              document.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+              done();
+            });""", url + "/api/image/2")
+        wait(driver, lambda d: d.execute_script("return document.body.dataset.state") == "done")
+        dropped = [n.text for n in driver.find_elements(By.CSS_SELECTOR, "#results .card .name")]
+        assert dropped and dropped[0].startswith(photo.name)
         # the folder field narrows every search: no photo of this library lives in a folder named "elsewhere"
         driver.find_element(By.ID, "under").send_keys("elsewhere")
         driver.execute_script("document.body.dataset.state = ''")

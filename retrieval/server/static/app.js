@@ -235,6 +235,24 @@
     }
   }
   $("photo").addEventListener("change", (ev) => { if (ev.target.files.length) searchPhoto(ev.target.files[0]); });
+  // Or drop a photo anywhere on the page.
+  const isFileDrag = (ev) => ev.dataTransfer && Array.from(ev.dataTransfer.types || []).includes("Files");
+  document.addEventListener("dragover", (ev) => {
+    if (!isFileDrag(ev)) return;
+    ev.preventDefault();
+    document.body.classList.add("dropping");
+  });
+  document.addEventListener("dragleave", (ev) => {
+    if (ev.target === document.documentElement || ev.target === document.body) document.body.classList.remove("dropping");
+  });
+  document.addEventListener("drop", (ev) => {
+    if (!isFileDrag(ev)) return;
+    ev.preventDefault();
+    document.body.classList.remove("dropping");
+    const file = Array.from(ev.dataTransfer.files).find((f) => !f.type || f.type.startsWith("image/"));
+    if (file) searchPhoto(file);
+    else show(errorBox, "Drop a photo (an image file) to search with it.");
+  });
 
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
