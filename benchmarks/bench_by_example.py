@@ -1,7 +1,7 @@
 """Search by example on the course data: does an image query find images about the same subject as often as a text
 query made of that image's own caption?
 
-    python benchmarks/bench_by_example.py [--latency-index INDEX] [--json]
+    python benchmarks/bench_by_example.py [--json]
 
 Images: the training images labelled child-free by eye (what the product may show). Subject of an image: the most
 frequent of a fixed list of subject nouns across its 5 Flickr8k captions (plural folded; images without one are left
@@ -10,9 +10,8 @@ fold, with itself removed from the gallery: the image query ranks the gallery by
 (what `retrieve query --image` and "more like this" do); the text query is its first caption, ranked by the shipped
 score key (what `retrieve query TEXT` does). share@5 = share of queries with at least one of the top 5 about the same
 subject. Both use the shipped default model (trained on these images, so both are in-sample alike).
-`--latency-index INDEX` also times, on that index, in one process after warm-up (median of 10): a text query, "more
-like this" (a stored vector: no encoder) and a search by photo (the image encoder's passes + the child detector on the
-photo). Writes benchmarks/results/bench_by_example.json.
+Latency of searches by example is timed beside text queries on one index by `bench_query.py --by-example`.
+Writes benchmarks/results/bench_by_example.json.
 """
 from __future__ import annotations
 
@@ -110,34 +109,8 @@ def composed(model, names: list[str], captions: dict[str, list[str]], z_img: np.
             "success_at_5": {k: round(float(np.mean(v)), 4) for k, v in rankers.items()}}
 
 
-def latency(index: str) -> dict[str, float]:
-    import time
-
-    from retrieval.index.imageio import load_image
-    from retrieval.search import Retriever
-
-    r = Retriever.open(index)
-    photo = load_image(r.images_root / r.store.meta["rel_path"].iloc[0])
-
-    def median_ms(fn) -> float:
-        fn()
-        runs = []
-        for _ in range(10):
-            t = time.perf_counter()
-            fn()
-            runs.append((time.perf_counter() - t) * 1e3)
-        return round(float(np.median(runs)), 2)
-
-    text = median_ms(lambda: r.search("a cat lying on a blanket", k=10))
-    like = median_ms(lambda: r.search_by_example(like_row=0, k=10))
-    by_photo = median_ms(lambda: r.search_by_example([photo], k=10))
-    return {"count": int(r.store.count), "text": text, "more_like_this": like, "photo": by_photo,
-            "photo_over_text": round(by_photo / text, 2)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--latency-index", default=None, help="index to time text / more-like-this / photo queries on")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from retrieval.config import course_data_dir
@@ -181,12 +154,12 @@ def main() -> None:
     ok = [i for i, n in enumerate(emb.image_names) if labels[i] == "none" and len(captions.get(n, [])) >= 5]
     out["composed"] = composed(model, [emb.image_names[i] for i in ok], captions,
                                l2n(np.asarray(model.project_images(emb.image_feats[ok]), np.float32)), text_encoder)
-    if args.latency_index:
-        out["latency_ms"] = latency(args.latency_index)
     path = write_json(RESULTS_DIR / "bench_by_example.json", out)
     print(json.dumps({k: out[k] for k in ("queries", "share_at_5_image_query", "share_at_5_text_query")}))
     print(json.dumps(out["composed"]["success_at_5"]))
     print(f"wrote {path}")
+    if args.json:
+        print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -128,8 +128,10 @@ class RetrievalModel:
     def example_score(self, cos: np.ndarray) -> FloatArray | None:
         """Calibrated image-to-image relevance of image-pair cosines (retrieval.learn.examples for what it means);
         None for models trained without that calibration."""
-        cal = calibration_from_json(self.config.example_calibration)
-        return None if cal is None else cal(np.asarray(cos, np.float32))
+        knots = self.config.example_calibration
+        if getattr(self, "_example_knots", None) is not knots:  # parsed once per config, not once per query
+            self._example_knots, self._example_cal = knots, calibration_from_json(knots)
+        return None if self._example_cal is None else self._example_cal(np.asarray(cos, np.float32))
 
     def child_text_prob(self, feats: np.ndarray) -> FloatArray:
         if self.text_probe is None:
