@@ -121,13 +121,19 @@ def course_vectors(model: Any) -> tuple[list[str], np.ndarray, np.ndarray, list[
     return emb.image_names, emb.image_feats, model.project_images(emb.image_feats), emb.texts, emb.text_feats
 
 
-def make_meta(names: list[str], n: int, child_prob: np.ndarray) -> Any:
+def make_meta(names: list[str], n: int, child_prob: np.ndarray, classes: list[str] | None = None, seed: int = 0) -> Any:
+    """Rows of the bench index. `classes`: the real images' semantic-bridge column; each synthetic row copies a
+    random real row's (so the bridge's inverted lists are as long as a real library's of this size)."""
     import pandas as pd
 
     rel = [REAL_PREFIX + x for x in names] + [f"synthetic/{i:07d}.jpg" for i in range(n - len(names))]
-    return pd.DataFrame({"rel_path": rel, "size": np.full(n, 120_000, np.int64),
-                         "mtime_ns": np.full(n, 1_700_000_000_000_000_000, np.int64),
-                         "sha256": [f"{i:064x}" for i in range(n)], "child_prob": child_prob})
+    frame = pd.DataFrame({"rel_path": rel, "size": np.full(n, 120_000, np.int64),
+                          "mtime_ns": np.full(n, 1_700_000_000_000_000_000, np.int64),
+                          "sha256": [f"{i:064x}" for i in range(n)], "child_prob": child_prob})
+    if classes is not None:
+        pick = np.random.default_rng(seed).integers(0, len(classes), n - len(names))
+        frame["classes"] = list(classes[: len(names)]) + [classes[i] for i in pick]
+    return frame
 
 
 def build_vectors(z_real: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -229,7 +235,11 @@ def run(n: int, n_queries: int, model_dir: Path | None, index_dir: Path | None, 
         else:
             child = np.full(len(names), np.nan)
         child_prob = np.concatenate([child[: min(n, len(names))], np.zeros(max(0, n - len(names)))])
-        meta = make_meta(names[: min(n, len(names))], n, child_prob)
+        from retrieval.learn.bridge import image_classifier
+
+        classify = image_classifier(model.bridge, model.config.image_encoder)
+        meta = make_meta(names[: min(n, len(names))], n, child_prob,
+                         classify(img_feats) if classify is not None else None, seed)
         t = time.perf_counter()
         fields = {**identity, "images_root": str(course_data_dir())}
         IndexStore.write(index_dir, x, meta, fields, index=index, index_params=params)

@@ -16,8 +16,9 @@ from typing import Any, Mapping
 from index_store.errors import IdentityMismatchError, IndexOutdatedError, IndexVersionError
 
 #: Bump when a reader of the previous version could misread a folder written by this one.
-FORMAT_VERSION = 2
-#: Format 2 adds the child detector's per-image output (meta.csv `detection`: probability, face boxes, features).
+FORMAT_VERSION = 3
+#: Format 2 adds the child detector's per-image output (meta.csv `detection`: probability, face boxes, features);
+#: format 3 the semantic bridge's top ImageNet classes per image (`classes`: "285:0.6120 281:0.2031 …").
 MANIFEST_NAME = "manifest.json"
 #: Keys compared by `check_expected` (the model/encoders an index is only valid for).
 IDENTITY_KEYS = ("image_encoder", "image_encoder_sha", "text_encoder", "text_encoder_sha", "model_id", "dim", "metric")

@@ -4,7 +4,7 @@ Locations: `*.db` -> Milvus Lite (embedded, one process per .db); `http://` / `h
 cluster (token from $MILVUS_TOKEN, or `user:password@` in the URI). Schema of collection `images`: INT64 primary key =
 a stable 63-bit hash of `rel_path` (so a write is an idempotent upsert: a build killed halfway and run again ends
 in the same state), the projected vector (inner product), rel_path, size, mtime_ns, sha256, child_prob (NaN for
-none), detection. The manifest (identity, format version) is stored as a collection property and checked on open
+none), detection, classes (the semantic bridge's top ImageNet classes). The manifest (identity, format version) is stored as a collection property and checked on open
 like the folder's manifest.json; it is written last, so a collection without it is an unfinished first build.
 Index type: FLAT on Milvus Lite (it builds no real ANN; exact like the FAISS flat index), HNSW (M 32,
 efConstruction 80, ef 768 at search) on a server. Reads that must see the last write are
@@ -37,8 +37,10 @@ MANIFEST_PROPERTY = "index_store.manifest"
 CONNECT_TIMEOUT = 10.0
 BATCH = 1000
 HNSW = {"M": 32, "efConstruction": 80, "ef": 768}
-_META = ("rel_path", "size", "mtime_ns", "sha256", "child_prob", "detection")
+_META = ("rel_path", "size", "mtime_ns", "sha256", "child_prob", "detection", "classes")
 _MAX_TEXT = 65_535
+_OPTIONAL = ("detection", "classes")  # columns a caller may leave out (stored as "")
+_MAX_CLASSES = 512  # the semantic bridge's top classes, "285:0.6120 …"
 
 
 def is_milvus_location(location: str | os.PathLike[str]) -> bool:
@@ -199,6 +201,7 @@ class MilvusBackend:
         if not client.has_collection(self.collection):
             self._create(int(vectors.shape[1]))
         self._loaded()
+        meta = meta.assign(**{c: "" for c in _OPTIONAL if c not in meta})
         records = meta[list(_META)].to_dict("records")
         ids = [row_id(str(r["rel_path"])) for r in records]
         have = {int(r["id"]): r for r in self._iterate(["id", *_META])}
@@ -239,6 +242,7 @@ class MilvusBackend:
         schema.add_field("sha256", DataType.VARCHAR, max_length=64)
         schema.add_field("child_prob", DataType.DOUBLE)
         schema.add_field("detection", DataType.VARCHAR, max_length=_MAX_TEXT)
+        schema.add_field("classes", DataType.VARCHAR, max_length=_MAX_CLASSES)
         params = client.prepare_index_params()
         if self.lite:
             params.add_index("vector", index_type="FLAT", metric_type="IP")
@@ -311,10 +315,11 @@ def _same(stored: Mapping[str, Any] | None, row: Mapping[str, Any]) -> bool:
 
 
 def _row(pk: int, vector: npt.NDArray[np.float32], row: Mapping[str, Any]) -> dict[str, Any]:
-    detection = row.get("detection", "")
+    detection, classes = row.get("detection", ""), row.get("classes", "")
     return {"id": pk, "vector": vector.tolist(), "rel_path": str(row["rel_path"]), "size": int(row["size"]),
             "mtime_ns": int(row["mtime_ns"]), "sha256": str(row["sha256"]), "child_prob": float(row["child_prob"]),
-            "detection": "" if not isinstance(detection, str) else detection[:_MAX_TEXT]}
+            "detection": "" if not isinstance(detection, str) else detection[:_MAX_TEXT],
+            "classes": "" if not isinstance(classes, str) else classes[:_MAX_CLASSES]}
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Folder layout (row i of every file is FAISS id i):
   index.faiss    the ANN index (see index_store.ann)
   meta.csv       rel_path, size, mtime_ns, sha256, child_prob (NaN = not scored) [+ caller's extra columns, e.g.
-                 `detection`: the child detector's JSON (probability, face boxes, fusion features)]
+                 `detection`: the child detector's JSON (probability, face boxes, fusion features), `classes`: the
+                 semantic bridge's top ImageNet classes]
   vectors.npy    (count, dim) float32/float16 L2-normalised vectors, memory-mapped on load (rerank / rebuild)
   manifest.json  format_version, count, dim, metric, index type + params, encoders, model_id, versions, dates
 meta is CSV because pyarrow is not a dependency; it is written with surrogateescape so any file name round-trips.
@@ -38,7 +39,7 @@ META_NAME = "meta.csv"
 VECTORS_NAME = "vectors.npy"
 META_COLUMNS = ("rel_path", "size", "mtime_ns", "sha256", "child_prob")
 _META_DTYPES = {"rel_path": str, "size": "int64", "mtime_ns": "int64", "sha256": str, "child_prob": "float64",
-                "detection": str}
+                "detection": str, "classes": str}
 
 
 @dataclass(frozen=True)

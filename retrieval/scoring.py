@@ -15,6 +15,7 @@ from retrieval.atomic import write_text
 from retrieval.encoders import build_image_encoder, build_text_encoder
 from retrieval.errors import DatasetError, ImageDecodeError, InvalidQueryError
 from retrieval.index.imageio import load_image
+from retrieval.learn.bridge import BridgedImages, image_classifier
 from retrieval.learn.model import RetrievalModel
 
 
@@ -65,6 +66,9 @@ def score_pairs(model: RetrievalModel, pairs: pd.DataFrame, base_dir: Path | str
     if items:
         img_feat = np.concatenate([ienc.embed_batch(items[i : i + batch_size]) for i in range(0, len(items), batch_size)])
     img_z = dict(zip(ok_names, model.project_images(img_feat))) if ok_names else {}
+    img_row = {n: i for i, n in enumerate(ok_names)}
+    classify = image_classifier(model.bridge, model.config.image_encoder)
+    bridged = BridgedImages.from_column(model.bridge, classify(img_feat)) if classify is not None else None
 
     uniq_txt = sorted(set(texts))
     raw = tenc.encode(uniq_txt)
@@ -75,7 +79,10 @@ def score_pairs(model: RetrievalModel, pairs: pd.DataFrame, base_dir: Path | str
     if ok.any():
         zi = np.stack([img_z[n] for n, good in zip(images, ok) if good])
         kept = [t for t, good in zip(texts, ok) if good]
-        scores[ok] = model.score(zi, np.stack([txt_z[t] for t in kept]), np.stack([txt_raw[t] for t in kept]))
+        raw_kept = np.stack([txt_raw[t] for t in kept])
+        rows = np.asarray([img_row[n] for n, good in zip(images, ok) if good], np.int64)
+        bridge = bridged.aligned(raw_kept, rows) if bridged is not None else None
+        scores[ok] = model.score(zi, np.stack([txt_z[t] for t in kept]), raw_kept, bridge)
     return pd.DataFrame({"image": images, "text": texts, "score": scores,
                          "error": [errors.get(n, "") for n in images]})
 

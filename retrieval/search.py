@@ -17,6 +17,7 @@ from index_store import IndexReader, backend_for
 from index_store.manifest import check_expected
 from retrieval.encoders.base import TextEncoder
 from retrieval.errors import InvalidQueryError
+from retrieval.learn.bridge import BridgedImages
 from retrieval.learn.model import RetrievalModel, index_identity, model_for_index
 from retrieval.limits import MAX_QUERY_CHARS, SINGLE_THREAD_MAX_QUERIES
 from retrieval.policy.apply import hit_is_restricted, query_is_child
@@ -77,6 +78,10 @@ class Retriever:
         self._rel_paths = store.meta["rel_path"].astype(str).tolist()
         self._detection = store.meta["detection"].fillna("").tolist() if "detection" in store.meta else None
         self.policy = policy if policy is not None else IndexPolicy.for_model(store.folder, store.meta, model)
+        # the semantic bridge's per-row classes (an index without the column ranks as if no class matched)
+        self.bridged = (BridgedImages.from_column(model.bridge, store.meta["classes"].fillna("").tolist()
+                                                  if "classes" in store.meta else [""] * store.count)
+                        if model.bridge is not None else None)
 
     @classmethod
     def open(cls, index_dir: str | Path, model_dir: str | Path | None = None) -> "Retriever":
@@ -140,12 +145,19 @@ class Retriever:
         if n_cand == 0:
             return [RawResult(c.text, self._query_child(c.text, p), [], threshold) for c, p in zip(checks, child_p)]
         _, ids = self.store.search(z, n_cand, under)
+        bridged = self.bridged
+        qc = bridged.bridge.query_classes(feats) if bridged is not None else None
+        allowed = self._under_mask(under) if bridged is not None and under else None
         t3 = time.perf_counter()
         results = []
         for row, check in enumerate(checks):
             cand = ids[row][ids[row] >= 0]
+            bridge_cos = None
+            if bridged is not None:  # the bridge's own candidates: images of the query's nearest classes
+                cand = np.union1d(cand, bridged.candidates(qc[row], n_cand, allowed))
+                bridge_cos = bridged.cos(qc[row], cand)
             cand_z = np.asarray(self.store.vectors[cand], np.float32)
-            key = self.model.rank_key(cand_z, z[row], feats[row])
+            key = self.model.rank_key(cand_z, z[row], feats[row], bridge_cos)
             scores = self.model.calibrate(key)  # isotonic in `key`: sorting by key sorts scores too
             order = np.argsort(-key, kind="stable")
             hits = []
@@ -218,7 +230,7 @@ class Retriever:
             key = cand_z @ z
         else:
             zt, raw_t = text_part
-            scores = scores * self.model.calibrate(self.model.rank_key(cand_z, zt, raw_t))
+            scores = scores * self.model.calibrate(self.model.rank_key(cand_z, zt, raw_t, self.bridge_cos(raw_t, cand)))
             key = scores
         hits = []
         for i in np.argsort(-key, kind="stable"):
@@ -229,6 +241,19 @@ class Retriever:
         self.stats.stages.update({"text_ms": (t1 - t0) * 1e3 - sum(self.stats.stages.values()),
                                   "ann_ms": (t2 - t1) * 1e3, "rerank_ms": (time.perf_counter() - t2) * 1e3})
         return RawResult(label or "(search by example)", child, hits, threshold)
+
+    def bridge_cos(self, txt_raw: np.ndarray, rows: np.ndarray) -> np.ndarray | None:
+        """Semantic-bridge cosines of one query's raw text feature with index `rows` (None: the model has none)."""
+        if self.bridged is None:
+            return None
+        return self.bridged.cos(self.bridged.bridge.query_classes(txt_raw)[0], np.asarray(rows, np.int64))
+
+    def _under_mask(self, under: str) -> np.ndarray:
+        from index_store.store import rows_under
+
+        mask = np.zeros(self.store.count, bool)
+        mask[rows_under(self.store.meta, under)] = True
+        return mask
 
     def _image_encoder(self) -> Any:
         from retrieval.encoders import build_image_encoder

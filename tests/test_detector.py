@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from index_store.manifest import FORMAT_VERSION
 from retrieval.errors import DetectorUnavailableError
 from retrieval.policy.apply import apply_policy
 from retrieval.policy.classifiers import threshold_for_recall
@@ -244,7 +245,7 @@ def test_index_of_the_previous_format_names_the_rebuild_command(fake_env, tmp_pa
     assert res.exit_code != 0 and "format_version 1" in res.output and f"retrieve build-index IMAGES --index {idx}" in res.output
     res = run_cli("build-index", fake_env / "images", "--index", idx, "--model", fake_env / "model", "--quiet")
     assert res.exit_code == 0, res.output
-    assert json.loads((idx / "manifest.json").read_text())["format_version"] == 2
+    assert json.loads((idx / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
     assert run_cli("query", "a dog", "--index", idx, "--model", fake_env / "model").exit_code == 0
 
 

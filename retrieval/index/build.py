@@ -9,6 +9,7 @@ from retrieval.index.ray_embed import ray_embedder
 from retrieval.errors import DetectorUnavailableError, ImageDecodeError, ModelMismatchError
 from retrieval.index.imageio import load_image
 from retrieval.index.indexer import build_index
+from retrieval.learn.bridge import image_classifier
 from retrieval.learn.model import index_identity, load_model, resolve_model_dir
 from retrieval.policy.detector import DetectorRuntime
 
@@ -64,6 +65,7 @@ def build_index_with_model(
         image_encoder=encoder,
         project=model.project_images,
         detect=child_detector(model, max_megapixels),
+        classify=image_classifier(model.bridge, model.config.image_encoder),
         # the folder is recorded so that queries find this model without --model (shipped ones by model_id)
         manifest_fields={**index_identity(model), "model_dir": str(resolve_model_dir(model_dir).absolute())},
         workers=workers,

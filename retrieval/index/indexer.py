@@ -55,6 +55,7 @@ def build_index(
     image_encoder: ImageEncoder,
     project: Callable[[FloatArray], Any],
     detect: Callable[[list[FileEntry], FloatArray], Sequence[Any]] | None = None,
+    classify: Callable[[FloatArray], Sequence[str]] | None = None,
     manifest_fields: Mapping[str, Any] | None = None,
     workers: int | None = 2,
     batch_size: int = 32,
@@ -68,7 +69,8 @@ def build_index(
 
     `project(feats) -> (n, d)` maps encoder features to search vectors (re-normalised here so "ip" = cosine);
     `detect(entries, feats) -> [Detection]` is the child detector (retrieval.policy.detector): its probability is
-    stored per row as `child_prob` and its JSON as `detection` (NaN / "" when None). `workers=None` = min(4, cpus). `cache=True` uses the default
+    stored per row as `child_prob` and its JSON as `detection` (NaN / "" when None); `classify(feats) -> [str]` the
+    semantic bridge's top classes, stored as `classes` ("" when None). `workers=None` = min(4, cpus). `cache=True` uses the default
     EmbeddingCache in retrieval.config.cache_dir(), False disables it. `embed` replaces `embed.iter_embedded` (same
     arguments and batches), e.g. `ray_embed.ray_embedder(...)` to embed on a Ray cluster.
     Raises DatasetError if the folder is missing or nothing could be indexed (and nothing was before).
@@ -87,7 +89,7 @@ def build_index(
     prev, rebuilt_reason = _previous(index_dir, fields)
     store_cache = EmbeddingCache() if cache is True else (cache or None)
     plan = _plan(files, prev)
-    new = _embed_new(files, plan, image_encoder, project, detect, workers, batch_size, max_megapixels, store_cache,
+    new = _embed_new(files, plan, image_encoder, project, detect, classify, workers, batch_size, max_megapixels, store_cache,
                      progress, embed or iter_embedded)
     if prev is None and not new.rows:
         raise _nothing_indexed(root, files, new.failures)
@@ -135,12 +137,14 @@ class _NewRows:
     vectors: list[FloatArray] = field(default_factory=list)
     probs: list[npt.NDArray[np.float64]] = field(default_factory=list)
     detections: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     n_cached: int = 0
 
 
 def _embed_new(files: list[FileEntry], plan: "_Plan", encoder: ImageEncoder, project: Callable[[FloatArray], Any],
-               detect: Callable[[list[FileEntry], FloatArray], Sequence[Any]] | None, workers: int | None,
+               detect: Callable[[list[FileEntry], FloatArray], Sequence[Any]] | None,
+               classify: Callable[[FloatArray], Sequence[str]] | None, workers: int | None,
                batch_size: int, max_megapixels: float | None, cache: EmbeddingCache | None,
                progress: bool, embed: Callable[..., Any]) -> _NewRows:
     """Decode, embed, project and run the child detector on the files the plan could not reuse."""
@@ -154,6 +158,7 @@ def _embed_new(files: list[FileEntry], plan: "_Plan", encoder: ImageEncoder, pro
         out.rows += [plan.embed[i] for i in batch.ids]
         out.shas += batch.shas
         out.vectors.append(_unit(np.asarray(project(batch.feats), dtype=np.float32), len(batch.ids)))
+        out.classes += list(classify(batch.feats)) if classify is not None else [""] * len(batch.ids)
         if detect is None:
             out.probs.append(np.full(len(batch.ids), np.nan))
             out.detections += [""] * len(batch.ids)
@@ -200,6 +205,7 @@ def _assemble(files: list[FileEntry], prev: IndexReader | None, plan: "_Plan", n
         "sha256": column("sha256", object, new.shas),
         "child_prob": column("child_prob", np.float64, np.concatenate(new.probs) if new.probs else np.zeros(0)),
         "detection": column("detection", object, new.detections),
+        "classes": column("classes", object, new.classes),
     })
     return vectors, meta
 

@@ -19,6 +19,7 @@ from retrieval.atomic import atomic_folder
 from retrieval.config import DEFAULT_MODEL_DIR, PACKAGED_MODELS
 from retrieval.errors import ModelMismatchError, ModelNotFoundError
 from retrieval.hashing import sha256_file
+from retrieval.learn.bridge import SemanticBridge
 from retrieval.learn.examples import calibration_from_json
 from retrieval.learn.projection import LinearProjection
 from retrieval.learn.reranker import Reranker
@@ -54,6 +55,9 @@ class ModelConfig:
     created: str = ""
     #: isotonic knots {"x": cosines, "y": scores} of the image-to-image score (retrieval.learn.examples); {} = none
     example_calibration: Mapping[str, Any] = field(default_factory=dict)
+    #: the semantic bridge (retrieval.learn.bridge): {"part", "scale", "weight", "top_k"}; {} = none. The key adds
+    #: weight x bridge cosine, and the reranker's calibration was fitted on that key
+    bridge: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     model_id: str = ""
 
@@ -73,10 +77,11 @@ class RetrievalModel:
     """Heads on top of fixed encoders. Parts are passed in; `train.train_model` builds them."""
 
     def __init__(self, config: ModelConfig, projection: LinearProjection, reranker: Reranker | None = None,
-                 detector: Any = None, text_probe: Any = None) -> None:
+                 detector: Any = None, text_probe: Any = None, bridge: SemanticBridge | None = None) -> None:
         self.config = config
         self.projection = projection
         self.reranker = reranker
+        self.bridge = bridge
         self.detector = detector  # retrieval.policy.detector.ChildDetector (its threshold = child_image_threshold)
         self.text_probe = text_probe
 
@@ -91,12 +96,14 @@ class RetrievalModel:
     def project_texts(self, feats: np.ndarray) -> FloatArray:
         return self.projection.project_texts(feats)
 
-    def score(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
+    def score(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None,
+              bridge_cos: np.ndarray | None = None) -> FloatArray:
         """Calibrated relevance in [0, 1] for aligned rows (falls back to (cos+1)/2 without a reranker).
 
         txt_raw: the texts' raw text-encoder features (what `project_texts` was given); required when the reranker's
-        caption memory keeps raw captions (`Reranker.needs_raw_text`)."""
-        return self.calibrate(self.rank_key(img_z, txt_z, txt_raw))
+        caption memory keeps raw captions (`Reranker.needs_raw_text`). bridge_cos: the pairs' semantic-bridge
+        cosines (`bridge_weight` > 0 only)."""
+        return self.calibrate(self.rank_key(img_z, txt_z, txt_raw, bridge_cos))
 
     def calibrate(self, key: np.ndarray) -> FloatArray:
         """`rank_key` values -> calibrated scores (monotone), so callers that already ranked need not recompute."""
@@ -105,18 +112,36 @@ class RetrievalModel:
             return np.clip((cos + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
         return self.reranker.calibration(key)
 
-    def rank_key(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
-        """Ordering key for search results: a * reranker logit + b * cosine (config rank_*_weight).
+    @property
+    def bridge_weight(self) -> float:
+        """Weight of the bridge cosine in the key (0 without a bridge)."""
+        return float(self.bridge.weight) if self.bridge is not None else 0.0
+
+    def rank_key(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None,
+                 bridge_cos: np.ndarray | None = None) -> FloatArray:
+        """Ordering key for search results: a * reranker logit + b * cosine (config rank_*_weight), plus
+        bridge_weight * `bridge_cos` for a model with a semantic bridge (refused without it).
 
         Sort hits by this key to get the validated R@K; `score` = calibration(key) is monotone in it."""
         img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
-        return self._blend(np.sum(img_z * txt_z, axis=1), lambda r: r.logit(img_z, txt_z, txt_raw))
+        key = self._blend(np.sum(img_z * txt_z, axis=1), lambda r: r.logit(img_z, txt_z, txt_raw))
+        return self._add_bridge(key, bridge_cos)
 
-    def rank_grid(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None) -> FloatArray:
+    def rank_grid(self, img_z: np.ndarray, txt_z: np.ndarray, txt_raw: np.ndarray | None = None,
+                  bridge_grid: np.ndarray | None = None) -> FloatArray:
         """`rank_key` of every (text, image) pair, (n_txt, n_img): ranks whole galleries (evaluate) with the
         gallery-side work (caption-memory neighbours) done once instead of once per query."""
         img_z, txt_z = np.atleast_2d(img_z), np.atleast_2d(txt_z)
-        return self._blend(txt_z @ img_z.T, lambda r: r.logit_grid(img_z, txt_z, txt_raw))
+        key = self._blend(txt_z @ img_z.T, lambda r: r.logit_grid(img_z, txt_z, txt_raw))
+        return self._add_bridge(key, bridge_grid)
+
+    def _add_bridge(self, key: np.ndarray, bridge_cos: np.ndarray | None) -> FloatArray:
+        w = self.bridge_weight
+        if w == 0.0:
+            return key
+        if bridge_cos is None:
+            raise ValueError("this model ranks with its semantic bridge: pass the bridge cosines (index `classes`)")
+        return (key + w * np.asarray(bridge_cos, np.float32)).astype(np.float32)
 
     def _blend(self, cos: np.ndarray, logit: Callable[[Reranker], np.ndarray]) -> FloatArray:
         """a * logit(reranker) + b * cos with the config's weights; the logit is not computed when its weight is 0."""
@@ -165,6 +190,8 @@ class RetrievalModel:
             out.update({"probe_txt." + k: np.ascontiguousarray(v, np.float32) for k, v in self.text_probe.to_tensors().items()})
         if self.detector is not None:
             out.update({k: np.ascontiguousarray(v, np.float32) for k, v in self.detector.to_tensors().items()})
+        if self.bridge is not None:
+            out["bridge.class_text"] = np.ascontiguousarray(self.bridge.class_text, np.float32)
         return out
 
     def save(self, directory: Path | str) -> Path:
@@ -216,7 +243,13 @@ class RetrievalModel:
         detector = None
         if any(k.startswith("det.") for k in t):
             detector = ChildDetector.from_tensors(t)
-        model = cls(config, LinearProjection.from_tensors(t), reranker, detector, text_probe)
+        bridge = None
+        if config.bridge:
+            if "bridge.class_text" not in t:
+                raise ModelMismatchError(f"{w_path} lacks the bridge's class vectors that config.json names; "
+                                         "retrain with `retrieve train`")
+            bridge = SemanticBridge.from_config(config.bridge, t["bridge.class_text"])
+        model = cls(config, LinearProjection.from_tensors(t), reranker, detector, text_probe, bridge)
         model.check_encoders(image_encoder, text_encoder, image_checksum, text_checksum)
         return model
 

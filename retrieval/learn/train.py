@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from retrieval.encoders import build_image_encoder, build_text_encoder
+from retrieval.learn.bridge import SemanticBridge
+from retrieval.learn.bridge_train import course_classes, fit_bridge
 from retrieval.learn.examples import calibration_to_json, example_pairs, fit_example_calibration
 from retrieval.learn.features import CourseEmbeddings, course_embeddings, course_face_table, read_extra_captions
 from retrieval.learn.model import ModelConfig, RetrievalModel
@@ -229,6 +231,19 @@ def load_training_set(data_dir: Path | str, extra_captions: bool = True, keep_re
 
 
 @dataclass(frozen=True)
+class FoldGrid:
+    """One fold's gallery ranking, out of fold: held-out image rows, query text rows, the head's logit and the
+    cosine of every (query, image), each query's own image column and whether the query is non-child."""
+
+    images: np.ndarray
+    query_txt: np.ndarray
+    logit: np.ndarray
+    cos: np.ndarray
+    target: np.ndarray
+    non_child: np.ndarray
+
+
+@dataclass(frozen=True)
 class CrossValidation:
     """Out-of-fold results of the heads, per reranker row.
 
@@ -238,6 +253,7 @@ class CrossValidation:
         keys: (n_blend, n_rows) ranking keys a*logit + b*cosine; oof_prob: their calibrated scores.
         lists: listwise training lists of every fold (the final head learns from all of them).
         fold_z: per fold, its held-out image rows and their vectors under that fold's projection (out of fold).
+        grids: per fold, the gallery ranking terms (later keys, e.g. the semantic bridge, are added to them).
     """
 
     metrics: dict[str, Any]
@@ -248,6 +264,7 @@ class CrossValidation:
     oof_prob: np.ndarray
     lists: list[tuple[np.ndarray, np.ndarray]]
     fold_z: list[tuple[np.ndarray, np.ndarray]]
+    grids: list[FoldGrid] = field(default_factory=list)
 
     def allowed(self, ts: TrainingSet) -> np.ndarray:
         """Rows the training rule keeps (all rows when the rule is off)."""
@@ -278,7 +295,8 @@ def cross_validate(ts: TrainingSet, cfg: HeadConfig, seed: int, progress: Progre
         raw = emb.text_feats[ev.caption_txt[qm]] if cfg.raw_memory else None
         pseudo, pseudo_raw = memory.pseudo(zi) if memory is not None else (None, None)
         raw_pair = (raw, pseudo_raw) if pseudo_raw is not None else None
-        fold_data.append((zi, zt, col[ev.caption_img[qm]], ~text_child[ev.caption_txt[qm]], pseudo, raw_pair))
+        fold_data.append((zi, zt, col[ev.caption_img[qm]], ~text_child[ev.caption_txt[qm]], pseudo, raw_pair,
+                          va, ev.caption_txt[qm]))
         if cfg.rank_loss_weight > 0:  # listwise training data: allowed queries against allowed gallery images only
             ok_img = ~restricted[va] if rule else np.ones(len(va), bool)
             q_ok = ~text_child[ev.caption_txt[qm]] & ok_img[col[ev.caption_img[qm]]] if rule else np.ones(int(qm.sum()), bool)
@@ -301,11 +319,13 @@ def cross_validate(ts: TrainingSet, cfg: HeadConfig, seed: int, progress: Progre
     keys = np.zeros((n_blend, len(rows.img)), np.float32)
     per_blend: list[list[tuple[dict, dict]]] = [[] for _ in cfg.blends]
     weight = _row_weights(rows, cfg)
-    for f, (zi, zt, tgt, nc, pseudo, raw_pair) in enumerate(fold_data):
+    grids = []
+    for f, (zi, zt, tgt, nc, pseudo, raw_pair, va, q_txt) in enumerate(fold_data):
         train = (fold_id != f) & allowed & (weight > 0)
         coef, icpt = _fit_head(X[train], rows.target[train], weight[train], lists[:f] + lists[f + 1 :], cfg, seed)
         cos = zt @ zi.T
         lg = logit_grid(coef, icpt, zt, zi, pseudo, raw_pair)
+        grids.append(FoldGrid(va, q_txt, lg, cos, tgt, nc))
         for j, (a, b) in enumerate(cfg.blends):
             keys[j, fold_id == f] = a * (X[fold_id == f] @ coef + icpt) + b * X[fold_id == f, 0]
             sim = a * lg + b * cos
@@ -322,7 +342,7 @@ def cross_validate(ts: TrainingSet, cfg: HeadConfig, seed: int, progress: Progre
             "retrieval_non_child": mean_metrics([r[0] for r in res]), "retrieval_all": mean_metrics([r[1] for r in res]),
             "score": reranker_quality(ev, rows, prob, keys[j], X[:, 0], text_child, restricted, allowed),
         }
-    return CrossValidation(metrics, X, rows, keys, fold_id, probs, lists, fold_z)
+    return CrossValidation(metrics, X, rows, keys, fold_id, probs, lists, fold_z, grids)
 
 
 def _blend_name(a: float, b: float) -> str:
@@ -406,7 +426,7 @@ def validation_summary(cv: CrossValidation, blend: tuple[float, float]) -> dict[
 def model_config(ts: TrainingSet, heads: FinalHeads, policy: PolicyHeads, blend: tuple[float, float],
                  metrics: dict[str, Any], image_encoder: str, text_encoder: str, views: Sequence[str],
                  extra_captions: bool, keep_restricted: bool, seed: int, cfg: HeadConfig,
-                 example_calibration: Calibration | None = None) -> ModelConfig:
+                 example_calibration: Calibration | None = None, bridge: SemanticBridge | None = None) -> ModelConfig:
     ienc = build_image_encoder(image_encoder, views=tuple(views))
     tenc = build_text_encoder(text_encoder)
     return ModelConfig(
@@ -422,6 +442,7 @@ def model_config(ts: TrainingSet, heads: FinalHeads, policy: PolicyHeads, blend:
                   "n_reranker_rows": heads.n_rows, "heads": {k: v for k, v in vars(cfg).items()}},
         validation=metrics, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         example_calibration=calibration_to_json(example_calibration) if example_calibration is not None else {},
+        bridge=bridge.config() if bridge is not None else {},
     )
 
 
@@ -446,22 +467,40 @@ def train_model(
     blend = cfg.blends[j]
     metrics = validation_summary(cv, blend)
     heads = fit_final_heads(ts, cv, j, cfg, seed, say)
+    heads, bridge, oof_prob = add_bridge(ts, cv, j, blend, heads, metrics, image_encoder, text_encoder, views, say)
     policy = fit_policy_heads(ts, text_encoder, seed, say)
     if policy.detector_metrics:
         metrics["child_detector"] = policy.detector_metrics
     example_cal = fit_examples(ts, cv, metrics, say)
     config = model_config(ts, heads, policy, blend, metrics, image_encoder, text_encoder, views, extra_captions,
-                          keep_restricted, seed, cfg, example_cal)
-    model = RetrievalModel(config, heads.projection, heads.reranker, policy.detector, policy.text_probe)
+                          keep_restricted, seed, cfg, example_cal, bridge)
+    model = RetrievalModel(config, heads.projection, heads.reranker, policy.detector, policy.text_probe, bridge)
     model.save(out_dir)
     allowed = cv.allowed(ts)
     # the reliability diagram of the shipped score travels with the model (or goes where the caller asked)
-    plot_reliability(cv.oof_prob[j, allowed], cv.rows.target[allowed],
+    plot_reliability(oof_prob[allowed], cv.rows.target[allowed],
                      reliability_png if reliability_png is not None else Path(out_dir) / "reliability.png")
     metrics["model_id"] = model.config.model_id
     metrics["seconds"] = round(time.time() - t0, 1)
     say(f"saved {out_dir} (model_id {model.config.model_id[:12]})")
     return metrics
+
+
+def add_bridge(ts: TrainingSet, cv: CrossValidation, j: int, blend: tuple[float, float], heads: FinalHeads,
+               metrics: dict[str, Any], image_encoder: str, text_encoder: str, views: Sequence[str],
+               say: Progress = lambda _m: None, head: Any = None) -> tuple[FinalHeads, SemanticBridge | None, np.ndarray]:
+    """The semantic bridge on top of the chosen key (retrieval.learn.bridge_train): (heads with the calibration
+    of the new key, bridge or None, out-of-fold scores of the shipped key). metrics["validation"] becomes the
+    shipped key's numbers; the key without the bridge stays as metrics["validation_no_bridge"]."""
+    classes = course_classes(ts, image_encoder, text_encoder, tuple(views), head)
+    if classes is None:
+        say("no ImageNet head in the image encoder: no semantic bridge")
+        return heads, None, cv.oof_prob[j]
+    fit = fit_bridge(ts, cv, j, blend, heads, classes, say)
+    metrics["bridge"] = fit.metrics
+    metrics["validation_no_bridge"] = metrics["validation"]
+    metrics["validation"] = fit.metrics["weights"][f"{fit.bridge.weight:g}"]
+    return fit.heads, fit.bridge, fit.oof_prob
 
 
 def fit_examples(ts: TrainingSet, cv: CrossValidation, metrics: dict[str, Any],

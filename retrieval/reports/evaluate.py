@@ -52,7 +52,8 @@ def _kendall(course: Any, names: list[str], img_z: np.ndarray, retriever: Any, t
         txt_raw = np.stack([encoded[t] for t in q_text])
         txt_z = retriever.model.project_texts(txt_raw)
         rows = frame["image"].map(row_of).to_numpy()
-        scores = retriever.model.score(img_z[rows], txt_z, txt_raw)
+        bridge = retriever.bridged.aligned(txt_raw, rows) if retriever.bridged is not None else None
+        scores = retriever.model.score(img_z[rows], txt_z, txt_raw, bridge)
         non_child = ~mentions_child(q_text) & ~frame["image"].isin(child_img).to_numpy()
         for subset, mask in (("all", np.ones(len(frame), bool)), ("non_child", non_child)):
             if mask.sum() < 3:
@@ -96,7 +97,8 @@ def evaluate(data_dir: str | Path, model_dir: str | Path | None = None, out_dir:
     txt_raw = retriever.text_encoder.encode(texts)
     txt_z = retriever.model.project_texts(txt_raw)
     cosine = txt_z @ img_z.T
-    rerank = retriever.model.rank_grid(img_z, txt_z, txt_raw)
+    rerank = retriever.model.rank_grid(img_z, txt_z, txt_raw,
+                                       retriever.bridged.grid(txt_raw) if retriever.bridged is not None else None)
     child = mentions_child(texts)
     metrics: dict[str, Any] = {"n_queries": len(texts), "n_images": len(names), "n_child_queries": int(child.sum())}
     for subset, mask in (("all", np.ones(len(texts), bool)), ("non_child", ~child)):
