@@ -34,8 +34,13 @@ def test_training_on_course_data_reproduces_shipped_model(tmp_path):
     rng = np.random.default_rng(0)
     img = rng.standard_normal((50, a.image_dim)).astype(np.float32)
     txt = rng.standard_normal((50, a.text_dim)).astype(np.float32)
-    np.testing.assert_allclose(shipped.score(shipped.project_images(img), shipped.project_texts(txt), txt),
-                               fresh.score(fresh.project_images(img), fresh.project_texts(txt), txt), atol=0.02)
+    # the semantic bridge comes out the same: weight, scale, class vectors
+    assert fresh.bridge is not None and b.bridge["weight"] == a.bridge["weight"]
+    assert b.bridge["scale"] == pytest.approx(a.bridge["scale"], rel=1e-3)
+    np.testing.assert_allclose(fresh.bridge.class_text, shipped.bridge.class_text, atol=1e-3)
+    bridge = rng.uniform(0.0, 0.6, 50).astype(np.float32)
+    np.testing.assert_allclose(shipped.score(shipped.project_images(img), shipped.project_texts(txt), txt, bridge),
+                               fresh.score(fresh.project_images(img), fresh.project_texts(txt), txt, bridge), atol=0.02)
     printed = json.loads(res.stdout[res.stdout.index("{"):])
     assert printed["validation"]["retrieval_non_child"]["R@1"] == pytest.approx(
         b.validation["validation"]["retrieval_non_child"]["R@1"])
