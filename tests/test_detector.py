@@ -200,6 +200,31 @@ def test_real_face_finder_handles_odd_images() -> None:
 
 
 @pytest.mark.slow
+def test_channels_last_face_finder_finds_the_same_faces_as_the_reference() -> None:
+    """The fast memory layout changes speed only: same faces, boxes and probabilities on the OOD fixture photos."""
+    from pathlib import Path
+
+    from retrieval.index.imageio import load_image
+    from retrieval.policy.faces import FaceFinder
+
+    fast, ref = FaceFinder(), FaceFinder(channels_last=False)
+    assert type(fast._mtcnn.pnet.pool1).__name__ == "ChannelsLastPool"
+    photos = sorted((Path(__file__).parent / "fixtures" / "ood" / "images").iterdir())[:40]
+    n_faces = 0
+    for path in photos:
+        try:
+            im = load_image(path, target_size=None)
+        except Exception:  # noqa: BLE001 - the set holds deliberately unreadable files too
+            continue
+        a, b = fast.find(im), ref.find(im)
+        assert len(a) == len(b), path.name
+        for x, y in zip(a, b):
+            assert x.prob == pytest.approx(y.prob, abs=1e-3) and x.box == pytest.approx(y.box, abs=0.05), path.name
+        n_faces += len(a)
+    assert n_faces > 0  # the comparison saw faces
+
+
+@pytest.mark.slow
 def test_shipped_detector_gives_a_probability_for_every_odd_image() -> None:
     from retrieval.learn.model import load_model
 

@@ -36,7 +36,9 @@ class FaceFinder:
 
     id = f"mtcnn-f{FACTOR}-t{'-'.join(map(str, THRESHOLDS))}-m{MIN_FACE}-s{MAX_SIDE}"
 
-    def __init__(self) -> None:
+    def __init__(self, channels_last: bool = True) -> None:
+        """`channels_last`: run MTCNN's three nets in channels-last memory (same faces up to float rounding;
+        torch's max-pool is 4-30x faster in that layout on CPU, the whole detector 1.66x: `_to_channels_last`)."""
         try:
             from facenet_pytorch import MTCNN
         except Exception as exc:  # ImportError, or a broken install failing inside the import
@@ -46,6 +48,9 @@ class FaceFinder:
             ) from None
         self._mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=MIN_FACE, factor=FACTOR,
                             thresholds=list(THRESHOLDS), post_process=False)
+        if channels_last:
+            for net in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
+                _to_channels_last(net)
 
     def find(self, image: Any) -> list[Face]:
         """Faces in one RGB PIL image, most confident first. Never raises on odd sizes or modes."""
@@ -67,6 +72,26 @@ class FaceFinder:
         faces = [Face(tuple(float(min(max(v / scale, 0.0), lim)) for v, lim in zip(b, (w, h, w, h))), float(p))
                  for b, p in zip(boxes, probs) if p is not None and p >= MIN_FACE_PROB]
         return sorted((f for f in faces if f.box[2] > f.box[0] and f.box[3] > f.box[1]), key=lambda f: -f.prob)
+
+
+def _to_channels_last(net: Any) -> None:
+    """In place: conv weights in channels-last memory, and every max-pool fed a channels-last tensor (MTCNN builds
+    its inputs channels-first; the first pool converts, later layers keep the layout). Measured on 60 course
+    photos, 1 thread: 62 -> 37 ms per photo, the same faces (box and probability differences <= 3e-5)."""
+    import torch
+
+    class ChannelsLastPool(torch.nn.Module):
+        def __init__(self, pool: Any) -> None:
+            super().__init__()
+            self.pool = pool
+
+        def forward(self, x: Any) -> Any:
+            return self.pool(x.contiguous(memory_format=torch.channels_last))
+
+    for name, module in list(net.named_children()):
+        if isinstance(module, torch.nn.MaxPool2d):
+            setattr(net, name, ChannelsLastPool(module))
+    net.to(memory_format=torch.channels_last)
 
 
 def face_crop(image: Any, face: Face, context: float = 1.6) -> Any:
