@@ -256,6 +256,28 @@ def test_build_stops_with_a_clear_error_when_the_face_finder_cannot_load(fake_en
     assert not (tmp_path / "idx").exists()  # nothing written, nothing called "not a child"
 
 
+def test_the_build_decodes_a_large_photo_for_the_detector_at_its_working_size(fake_env, tmp_path, monkeypatch) -> None:
+    """A 12 MP JPEG reaches the detector JPEG-drafted (shorter side still >= faces.DECODE_SHORT_SIDE), a small one
+    in full: MTCNN shrinks to MAX_SIDE anyway, and a full decode of a phone photo costs 7x more."""
+    from types import SimpleNamespace
+
+    from retrieval.index.build import child_detector
+    from retrieval.learn.model import RetrievalModel
+    from retrieval.policy.faces import DECODE_SHORT_SIDE
+
+    seen = []
+    monkeypatch.setattr(DetectorRuntime, "__init__", lambda self, heads: None)
+    monkeypatch.setattr(DetectorRuntime, "detect", lambda self, images, feats: seen.extend(im.size for im in images))
+    big, small = tmp_path / "big.jpg", tmp_path / "small.jpg"
+    Image.new("RGB", (4000, 3000), (90, 120, 200)).save(big)
+    Image.new("RGB", (1600, 1200), (90, 120, 200)).save(small)
+    detect = child_detector(RetrievalModel.load(fake_env / "model"))
+    detect([SimpleNamespace(abs_path=big, rel_path="big.jpg"), SimpleNamespace(abs_path=small, rel_path="small.jpg")],
+           None)
+    assert seen[1] == (1600, 1200)
+    assert DECODE_SHORT_SIDE <= min(seen[0]) < 3000 and seen[0][0] * 3 == seen[0][1] * 4
+
+
 def test_index_of_the_previous_format_names_the_rebuild_command(fake_env, tmp_path) -> None:
     import shutil
 

@@ -12,6 +12,7 @@ from retrieval.index.indexer import build_index
 from retrieval.learn.bridge import image_classifier
 from retrieval.learn.model import index_identity, load_model, resolve_model_dir
 from retrieval.policy.detector import DetectorRuntime
+from retrieval.policy.faces import DECODE_SHORT_SIDE
 
 
 def child_detector(model: Any, max_megapixels: float | None = 100.0) -> Any:
@@ -25,8 +26,8 @@ def child_detector(model: Any, max_megapixels: float | None = 100.0) -> Any:
     def detect(entries: Any, feats: Any) -> Any:
         images = []
         for e in entries:
-            try:  # full resolution for small faces, bounded by the detector's own max side
-                images.append(load_image(e.abs_path, max_megapixels=max_megapixels, target_size=None))
+            try:  # enough resolution for small faces: the detector's own working size (faces.DECODE_SHORT_SIDE)
+                images.append(load_image(e.abs_path, max_megapixels=max_megapixels, target_size=DECODE_SHORT_SIDE))
             except ImageDecodeError:  # decoded a moment ago for the embedding: only a file changed meanwhile
                 raise DetectorUnavailableError(f"{e.rel_path} changed while indexing; run build-index again") from None
         return runtime.detect(images, feats)

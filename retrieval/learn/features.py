@@ -24,7 +24,7 @@ from retrieval.encoders.precision import training_precision
 from retrieval.index.imageio import load_image
 from retrieval.policy.detector import CROP_CONTEXT, CROP_ENCODER, MAX_FACES, faces_and_crop_features, load_crop_encoder
 from retrieval.policy.detector_train import FaceTable
-from retrieval.policy.faces import FaceFinder
+from retrieval.policy.faces import DECODE_SHORT_SIDE, FaceFinder
 from retrieval.vectors import l2n
 
 FloatArray = npt.NDArray[np.float32]
@@ -212,7 +212,7 @@ def course_face_table(data_dir: Path | str, progress: Progress | None = None) ->
     finder = FaceFinder()
     image, boxes, probs, feats, sizes = [], [], [], [], []
     for i, n in enumerate(names):
-        im = load_image(folder / n, target_size=None)  # as the build decodes for the detector
+        im = load_image(folder / n, target_size=DECODE_SHORT_SIDE)  # as the build decodes for the detector
         sizes.append(im.size)
         [faces], f = faces_and_crop_features(finder, encoder, [im])
         if faces:

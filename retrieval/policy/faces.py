@@ -19,6 +19,10 @@ MIN_FACE = 20
 #: Faces below this O-Net probability are dropped (MTCNN's own last stage already needs 0.9).
 MIN_FACE_PROB = 0.9
 MAX_SIDE = 1024
+#: How the build decodes a photo for the detector: JPEG draft while the shorter side stays >= this. MTCNN works at
+#: MAX_SIDE anyway, so a 12 MP phone photo decodes at half scale (4000x3000: 276 -> 37 ms, face pass 330 -> 181 ms);
+#: photos under 2048 px on the shorter side decode in full as before.
+DECODE_SHORT_SIDE = MAX_SIDE
 #: MTCNN's smallest network input; smaller images have no face by construction.
 _MIN_INPUT = 12
 
