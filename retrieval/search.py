@@ -192,6 +192,15 @@ class Retriever:
             raise InvalidQueryError(f"k must be a positive integer, got {k!r}; pass -k 10 for example")
         if not 0.0 <= float(min_score) <= 1.0:
             raise InvalidQueryError(f"min-score must be within 0..1, got {min_score!r}")
+        from threadpoolctl import threadpool_limits
+
+        # as for text queries: one BLAS thread for the tiny products, else its spinning second thread competes with
+        # the next photo's CNN passes and face pass for the 2 cores
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._search_by_example(images, text, k, under, like_row, min_score)
+
+    def _search_by_example(self, images: Sequence[Any], text: str | None, k: int, under: str | None,
+                           like_row: int | None, min_score: float) -> RawResult:
         self.policy.refresh()
         threshold = self.policy.threshold
         t0 = time.perf_counter()
