@@ -58,7 +58,21 @@ def _mentions(captions: list[str], words: tuple[str, ...]) -> int:
     return sum(any(re.search(rf"\b{w}s?\b", c.lower()) for w in words) for c in captions)
 
 
-def composed(model, names: list[str], captions: dict[str, list[str]], z_img: np.ndarray, text_encoder) -> dict:
+def bridged_images(model, feats: np.ndarray):
+    """The semantic bridge's view of these images (as an index stores it), or None for a model without a bridge."""
+    from retrieval.learn.bridge import BridgedImages, image_classifier
+
+    classify = image_classifier(model.bridge, model.config.image_encoder)
+    return None if classify is None else BridgedImages.from_column(model.bridge, classify(feats))
+
+
+def bridge_cos(bridged, txt_raw: np.ndarray, rows: np.ndarray):
+    """Bridge cosines of one text with image `rows` (what `Retriever` adds to the key), None without a bridge."""
+    return None if bridged is None else bridged.cos(bridged.bridge.query_classes(txt_raw)[0], rows)
+
+
+def composed(model, names: list[str], captions: dict[str, list[str]], z_img: np.ndarray, text_encoder,
+             bridged=None) -> dict:
     """Text + photo: the photo gives the subject, the words the scene. For subject S and scene W, every gallery image
     whose captions put S there (>= 2 of 5 mention S) but never W is a query photo, sent with W's words ("at the
     beach"); a hit is right when >= 2 of its captions mention S and >= 2 mention W. success@5 (any right hit among
@@ -75,7 +89,9 @@ def composed(model, names: list[str], captions: dict[str, list[str]], z_img: np.
     texts = [phrase for _, phrase in SCENES.values()]
     feats_t = text_encoder.encode(texts)
     z_t = np.asarray(model.project_texts(feats_t), np.float32)
-    text_score = {w: model.calibrate(model.rank_key(z_img, z_t[j], feats_t[j])) for j, w in enumerate(SCENES)}
+    every = np.arange(n)
+    text_score = {w: model.calibrate(model.rank_key(z_img, z_t[j], feats_t[j], bridge_cos(bridged, feats_t[j], every)))
+                  for j, w in enumerate(SCENES)}
     rankers: dict[str, list[bool]] = {"photo": [], "words": [], "mix 0.25": [], "mix 0.5": [], "mix 0.75": [],
                                       "product": []}
     cells, example = [], None
@@ -137,6 +153,7 @@ def main() -> None:
     text_encoder = build_text_encoder(c.text_encoder)
     feats_t = text_encoder.encode(first)
     z_txt = np.asarray(model.project_texts(feats_t), np.float32)
+    bridged = bridged_images(model, emb.image_feats[keep])
     hits = {"image": [], "text": []}
     for _, va in image_folds(len(keep), 10, 0):
         va = np.asarray(va)
@@ -144,7 +161,7 @@ def main() -> None:
             gallery = va[va != pos]
             want = subj[keep[pos]]
             img_rank = gallery[np.argsort(-(z_img[gallery] @ z_img[pos]), kind="stable")[:5]]
-            key = model.rank_key(z_img[gallery], z_txt[pos], feats_t[pos])
+            key = model.rank_key(z_img[gallery], z_txt[pos], feats_t[pos], bridge_cos(bridged, feats_t[pos], gallery))
             txt_rank = gallery[np.argsort(-key, kind="stable")[:5]]
             hits["image"].append(any(subj[keep[g]] == want for g in img_rank))
             hits["text"].append(any(subj[keep[g]] == want for g in txt_rank))
@@ -153,7 +170,8 @@ def main() -> None:
            "share_at_5_text_query": round(float(np.mean(hits["text"])), 4)}
     ok = [i for i, n in enumerate(emb.image_names) if labels[i] == "none" and len(captions.get(n, [])) >= 5]
     out["composed"] = composed(model, [emb.image_names[i] for i in ok], captions,
-                               l2n(np.asarray(model.project_images(emb.image_feats[ok]), np.float32)), text_encoder)
+                               l2n(np.asarray(model.project_images(emb.image_feats[ok]), np.float32)), text_encoder,
+                               bridged_images(model, emb.image_feats[ok]))
     path = write_json(RESULTS_DIR / "bench_by_example.json", out)
     print(json.dumps({k: out[k] for k in ("queries", "share_at_5_image_query", "share_at_5_text_query")}))
     print(json.dumps(out["composed"]["success_at_5"]))
