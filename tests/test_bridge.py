@@ -136,3 +136,21 @@ def test_a_word_the_course_never_taught_finds_its_photo_through_the_bridge(fake_
     assert hits[0].image == target
     bridge_cos = r.bridge_cos(r.text_encoder.encode(["a zebra"]), np.arange(r.store.count))
     assert int(np.argmax(bridge_cos)) == r.store.meta["rel_path"].tolist().index(target)
+
+
+def test_the_bridges_own_candidates_respect_the_folder_filter(fake_env: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrieval.index.build import build_index_with_model
+    from retrieval.search import Retriever
+
+    model, target = _fake_zebra(fake_env, tmp_path, monkeypatch, weight=50.0)
+    images = tmp_path / "images"
+    shutil.copytree(fake_env / "images", images / "a")
+    shutil.copytree(fake_env / "images", images / "b")
+    (images / "b" / target).unlink()
+    build_index_with_model(images, tmp_path / "idx", model, progress=False)
+    r = Retriever.open(tmp_path / "idx", model)
+    n_b = int(r.store.meta["rel_path"].str.startswith("b/").sum())
+    hits = r.search("a zebra", k=n_b, under="b").hits
+    assert len(hits) == n_b and all(h.path.split("/")[-2] == "b" for h in hits)
+    assert r.search("a zebra", k=1, under="a").hits[0].image == target
