@@ -78,6 +78,7 @@ class Retriever:
         self._rel_paths = store.meta["rel_path"].astype(str).tolist()
         self._detection = store.meta["detection"].fillna("").tolist() if "detection" in store.meta else None
         self.policy = policy if policy is not None else IndexPolicy.for_model(store.folder, store.meta, model)
+        self._under_masks: dict[str, np.ndarray] = {}
         # the semantic bridge's per-row classes (an index without the column ranks as if no class matched)
         self.bridged = (BridgedImages.from_column(model.bridge, store.meta["classes"].fillna("").tolist()
                                                   if "classes" in store.meta else [""] * store.count)
@@ -261,7 +262,7 @@ class Retriever:
         """Rows inside folder `under` (kept for the last few folders: at 1M rows the prefix scan costs ~0.1 s)."""
         from index_store.store import rows_under
 
-        cache = self.__dict__.setdefault("_under_masks", {})
+        cache = self._under_masks
         if under not in cache:
             if len(cache) >= 8:
                 cache.pop(next(iter(cache)))

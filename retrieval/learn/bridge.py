@@ -8,12 +8,13 @@ text feature against that mix, in the text encoder's own space. So "kitty" finds
 caption mentions a cat: mpnet knows kitty ~ tabby cat, the CNN knows the tabby.
 
 The ranking key adds `weight` x bridge cosine (RetrievalModel.rank_key); the weight is chosen on in-domain
-validation (retrieval.learn.train.fit_bridge). Search also takes candidates from `ClassLists`, so an image the
+validation (retrieval.learn.bridge_train.fit_bridge). Search also takes candidates from `ClassLists`, so an image the
 projected space misses can still be ranked. numpy only: nothing here loads torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -45,7 +46,6 @@ class SemanticBridge:
     scale: float
     weight: float = 0.0
     top_k: int = TOP_K
-    _gram: list[FloatArray] = field(default_factory=list, compare=False, repr=False)
 
     def config(self) -> dict[str, Any]:
         return {"part": self.part, "scale": float(self.scale), "weight": float(self.weight), "top_k": int(self.top_k)}
@@ -55,14 +55,14 @@ class SemanticBridge:
         return cls(np.asarray(class_text, np.float32), str(cfg["part"]), float(cfg["scale"]), float(cfg["weight"]),
                    int(cfg.get("top_k", TOP_K)))
 
+    @cached_property
     def gram(self) -> FloatArray:
-        if not self._gram:
-            self._gram.append((self.class_text @ self.class_text.T).astype(np.float32))
-        return self._gram[0]
+        """(C, C) cosines between class names."""
+        return (self.class_text @ self.class_text.T).astype(np.float32)
 
     def norms(self, ids: np.ndarray, p: np.ndarray) -> FloatArray:
         """|sum_k p_k t_k| per image, from the class Gram matrix (no D-dim vector per image is ever stored)."""
-        g = self.gram()[ids[:, :, None], ids[:, None, :]]  # (n, k, k)
+        g = self.gram[ids[:, :, None], ids[:, None, :]]  # (n, k, k)
         return np.sqrt(np.maximum(np.einsum("nk,nkl,nl->n", p, g, p), 0.0)).astype(np.float32)
 
     def query_classes(self, txt_raw: np.ndarray) -> FloatArray:
@@ -71,19 +71,23 @@ class SemanticBridge:
 
     @staticmethod
     def pair_cos(qc: np.ndarray, ids: np.ndarray, p: np.ndarray, norms: np.ndarray) -> FloatArray:
-        """Bridge cosine of one query (`qc` = its `query_classes` row) with each image (ids, p, norms)."""
-        return (np.sum(p * qc[ids], axis=1) / np.maximum(norms, 1e-6)).astype(np.float32)
+        """Bridge cosines from `query_classes` rows: `qc` one query's row (C,) against every image, or (n, C)
+        aligned with the n images (ids, p, norms)."""
+        picked = qc[ids] if qc.ndim == 1 else np.take_along_axis(qc, ids, 1)
+        return (np.sum(p * picked, axis=1) / np.maximum(norms, 1e-6)).astype(np.float32)
+
+    @staticmethod
+    def grid_cos(qc: np.ndarray, ids: np.ndarray, p: np.ndarray, norms: np.ndarray) -> FloatArray:
+        """(n_q, n_img) bridge cosines of every `query_classes` row with every image."""
+        return (np.einsum("qnk,nk->qn", qc[:, ids], p) / np.maximum(norms, 1e-6)).astype(np.float32)
 
     def rows_cos(self, txt_raw: np.ndarray, ids: np.ndarray, p: np.ndarray) -> FloatArray:
         """Bridge cosine of aligned (text, image) rows."""
-        qc = self.query_classes(txt_raw)
-        num = np.sum(p * np.take_along_axis(qc, ids, 1), axis=1)
-        return (num / np.maximum(self.norms(ids, p), 1e-6)).astype(np.float32)
+        return self.pair_cos(self.query_classes(txt_raw), ids, p, self.norms(ids, p))
 
     def grid(self, txt_raw: np.ndarray, ids: np.ndarray, p: np.ndarray) -> FloatArray:
         """(n_txt, n_img) bridge cosines of every pair (validation ranks whole galleries with it)."""
-        qc = self.query_classes(txt_raw)
-        return (np.einsum("qnk,nk->qn", qc[:, ids], p) / np.maximum(self.norms(ids, p), 1e-6)).astype(np.float32)
+        return self.grid_cos(self.query_classes(txt_raw), ids, p, self.norms(ids, p))
 
 
 # ------------------------------------------------------------------------------------------- the index column
@@ -166,16 +170,15 @@ class ClassLists:
         return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
 
 
-def image_classifier(bridge: SemanticBridge | None, image_encoder_id: str, head: Any = None
-                     ) -> Callable[[np.ndarray], list[str]] | None:
+def image_classifier(bridge: SemanticBridge | None, image_encoder_id: str) -> Callable[[np.ndarray], list[str]] | None:
     """`classify(feats) -> ["285:0.6120 …"]`: each image's top ImageNet classes (the index's `classes` column),
-    from the encoder features already computed (no extra CNN pass). None without a bridge. `head`: a
-    `ClassifierHead` to use instead of the checkpoint's (tests). Index and scoring time only: loads torch."""
+    from the encoder features already computed (no extra CNN pass). None without a bridge. Index and scoring time
+    only: loads torch."""
     if bridge is None:
         return None
     from retrieval.encoders.imagenet import lite_head, part_columns
 
-    head = head if head is not None else lite_head(bridge.part)
+    head = lite_head(bridge.part)
     cols = part_columns(image_encoder_id, bridge.part)
 
     def classify(feats: np.ndarray) -> list[str]:

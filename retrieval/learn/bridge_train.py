@@ -38,10 +38,9 @@ class CourseClasses:
     scale: float
 
 
-def course_classes(ts: "TrainingSet", image_encoder: str, text_encoder: str, views: tuple[str, ...],
-                   head: Any = None) -> CourseClasses | None:
-    """None when no part of the image encoder has an ImageNet head (ResNet, fake encoders). `head`: a
-    `ClassifierHead` to use instead of the checkpoint's (tests)."""
+def course_classes(ts: "TrainingSet", image_encoder: str, text_encoder: str, views: tuple[str, ...]
+                   ) -> CourseClasses | None:
+    """None when no part of the image encoder has an ImageNet head (ResNet, fake encoders)."""
     from retrieval.encoders.imagenet import head_part, imagenet_class_names, lite_head, part_columns
     from retrieval.learn.features import combine_image_features, text_features
 
@@ -50,7 +49,7 @@ def course_classes(ts: "TrainingSet", image_encoder: str, text_encoder: str, vie
         return None
     _, raw = combine_image_features(ts.data_dir, part, views)  # one part: the raw view-averaged pool
     scale = float(np.median(np.linalg.norm(raw, axis=1)))
-    head = head if head is not None else lite_head(part)
+    head = lite_head(part)
     ids, p = head.top(ts.emb.image_feats[:, part_columns(image_encoder, part)], scale, TOP_K)
     names = imagenet_class_names()[: head.weight.shape[0]]
     class_text = l2n(text_features(class_prompts(names), text_encoder)).astype(np.float32)
@@ -74,11 +73,10 @@ def fit_bridge(ts: "TrainingSet", cv: "CrossValidation", blend: int, ab: tuple[f
     qc_all = bridge.query_classes(ts.emb.text_feats)  # (n_texts, C): every course text against every class
     norms = bridge.norms(classes.ids, classes.p)
     rows = cv.rows
-    row_bridge = (np.sum(classes.p[rows.img] * np.take_along_axis(qc_all[rows.txt], classes.ids[rows.img], 1), axis=1)
-                  / np.maximum(norms[rows.img], 1e-6)).astype(np.float32)
+    row_bridge = bridge.pair_cos(qc_all[rows.txt], classes.ids[rows.img], classes.p[rows.img], norms[rows.img])
     allowed = cv.allowed(ts)
-    fold_bridge = [np.einsum("qnk,nk->qn", qc_all[g.query_txt][:, classes.ids[g.images]], classes.p[g.images])
-                   / np.maximum(norms[g.images], 1e-6) for g in cv.grids]
+    fold_bridge = [bridge.grid_cos(qc_all[g.query_txt], classes.ids[g.images], classes.p[g.images], norms[g.images])
+                   for g in cv.grids]
     results: dict[str, Any] = {}
     keys: dict[float, np.ndarray] = {}
     probs: dict[float, np.ndarray] = {}

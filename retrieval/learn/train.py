@@ -488,11 +488,11 @@ def train_model(
 
 def add_bridge(ts: TrainingSet, cv: CrossValidation, j: int, blend: tuple[float, float], heads: FinalHeads,
                metrics: dict[str, Any], image_encoder: str, text_encoder: str, views: Sequence[str],
-               say: Progress = lambda _m: None, head: Any = None) -> tuple[FinalHeads, SemanticBridge | None, np.ndarray]:
+               say: Progress = lambda _m: None) -> tuple[FinalHeads, SemanticBridge | None, np.ndarray]:
     """The semantic bridge on top of the chosen key (retrieval.learn.bridge_train): (heads with the calibration
     of the new key, bridge or None, out-of-fold scores of the shipped key). metrics["validation"] becomes the
     shipped key's numbers; the key without the bridge stays as metrics["validation_no_bridge"]."""
-    classes = course_classes(ts, image_encoder, text_encoder, tuple(views), head)
+    classes = course_classes(ts, image_encoder, text_encoder, tuple(views))
     if classes is None:
         say("no ImageNet head in the image encoder: no semantic bridge")
         return heads, None, cv.oof_prob[j]
