@@ -59,6 +59,22 @@ def open_index(index_dir: str | Path, model_dir: str | Path | None = None) -> tu
 EXAMPLE_TEXT_WEIGHT = 0.5
 
 
+def _check_k(k: Any, min_score: float) -> None:
+    """The limits every search shares: a positive integer k and a min-score within 0..1."""
+    if not isinstance(k, int) or k <= 0:
+        raise InvalidQueryError(f"k must be a positive integer, got {k!r}; pass -k 10 for example")
+    if not 0.0 <= float(min_score) <= 1.0:
+        raise InvalidQueryError(f"min-score must be within 0..1, got {min_score!r}")
+
+
+def _one_blas_thread() -> Any:
+    """Context: BLAS on one thread. A query's products are tiny; a second BLAS thread only spins, taking CPU the
+    query's encoders need."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def candidate_count(k: int, n: int) -> int:
     """How many ANN candidates the reranker sees: enough headroom for it to reorder, never more than the index."""
     return int(min(n, max(4 * k, 50)))
@@ -120,15 +136,10 @@ class Retriever:
 
         Small batches run their BLAS calls on one thread: the projection / rerank products are tiny, and a second
         spinning BLAS thread doubled CPU per query (benchmarks/bench_query.py: 188 -> 95 ms)."""
-        if not isinstance(k, int) or k <= 0:
-            raise InvalidQueryError(f"k must be a positive integer, got {k!r}; pass -k 10 for example")
-        if not 0.0 <= float(min_score) <= 1.0:
-            raise InvalidQueryError(f"min-score must be within 0..1, got {min_score!r}")
+        _check_k(k, min_score)
         if len(checks) > SINGLE_THREAD_MAX_QUERIES:
             return self._search(checks, k, min_score, under)
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _one_blas_thread():
             return self._search(checks, k, min_score, under)
 
     def _search(self, checks: Sequence[QueryCheck], k: int, min_score: float, under: str | None = None
@@ -189,15 +200,10 @@ class Retriever:
         (an indexed row: its stored verdict)."""
         if not len(images) and like_row is None:
             raise InvalidQueryError("give a query image (--image PATH) or an indexed image to search like")
-        if not isinstance(k, int) or k <= 0:
-            raise InvalidQueryError(f"k must be a positive integer, got {k!r}; pass -k 10 for example")
-        if not 0.0 <= float(min_score) <= 1.0:
-            raise InvalidQueryError(f"min-score must be within 0..1, got {min_score!r}")
-        from threadpoolctl import threadpool_limits
-
-        # as for text queries: one BLAS thread for the tiny products, else its spinning second thread competes with
-        # the next photo's CNN passes and face pass for the 2 cores
-        with threadpool_limits(limits=1, user_api="blas"):
+        _check_k(k, min_score)
+        # as for text queries; here the spinning second BLAS thread also took the core the next photo's CNN passes
+        # and face pass needed (bench_query --by-example at 100k: 106 -> 68 ms)
+        with _one_blas_thread():
             return self._search_by_example(images, text, k, under, like_row, min_score)
 
     def _search_by_example(self, images: Sequence[Any], text: str | None, k: int, under: str | None,
