@@ -65,8 +65,8 @@ def score_pairs(model: RetrievalModel, pairs: pd.DataFrame, base_dir: Path | str
     img_feat = np.zeros((0, ienc.dim), np.float32)
     if items:
         img_feat = np.concatenate([ienc.embed_batch(items[i : i + batch_size]) for i in range(0, len(items), batch_size)])
-    img_z = dict(zip(ok_names, model.project_images(img_feat))) if ok_names else {}
-    img_row = {n: i for i, n in enumerate(ok_names)}
+    img_z = model.project_images(img_feat) if ok_names else np.zeros((0, model.dim), np.float32)
+    img_row = {n: i for i, n in enumerate(ok_names)}  # row of img_feat / img_z
     classify = image_classifier(model.bridge, model.config.image_encoder)
     bridged = BridgedImages.from_column(model.bridge, classify(img_feat)) if classify is not None else None
 
@@ -74,15 +74,14 @@ def score_pairs(model: RetrievalModel, pairs: pd.DataFrame, base_dir: Path | str
     raw = tenc.encode(uniq_txt)
     txt_z, txt_raw = dict(zip(uniq_txt, model.project_texts(raw))), dict(zip(uniq_txt, raw))
 
-    ok = np.array([n in img_z for n in images], bool)
+    ok = np.array([n in img_row for n in images], bool)
     scores = np.full(len(images), np.nan, np.float32)
     if ok.any():
-        zi = np.stack([img_z[n] for n, good in zip(images, ok) if good])
+        rows = np.asarray([img_row[n] for n, good in zip(images, ok) if good], np.int64)
         kept = [t for t, good in zip(texts, ok) if good]
         raw_kept = np.stack([txt_raw[t] for t in kept])
-        rows = np.asarray([img_row[n] for n, good in zip(images, ok) if good], np.int64)
         bridge = bridged.aligned(raw_kept, rows) if bridged is not None else None
-        scores[ok] = model.score(zi, np.stack([txt_z[t] for t in kept]), raw_kept, bridge)
+        scores[ok] = model.score(img_z[rows], np.stack([txt_z[t] for t in kept]), raw_kept, bridge)
     return pd.DataFrame({"image": images, "text": texts, "score": scores,
                          "error": [errors.get(n, "") for n in images]})
 
