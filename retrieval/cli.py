@@ -224,7 +224,7 @@ def evaluate_cmd(data_dir: Path, model_dir: Path | None, out_dir: Path, policy: 
 @click.option("--no-extra-captions", is_flag=True, help="Use only train_dataset.csv query texts as positives.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--keep-restricted", is_flag=True, help="Turn OFF the rule that drops child images and child texts from training.")
-@click.option("--image-encoder", default=None, help="Image encoder (default: efficientnet-lite0+efficientnet-lite2+efficientnet-lite2-hires).")
+@click.option("--image-encoder", default=None, help="Image encoder (default: efficientnet-lite0+efficientnet-lite2-hires).")
 @click.option("--text-encoder", default=None, help="Text encoder (default: all-mpnet-base-v2).")
 def train_cmd(data_dir: Path, out_dir: Path, no_extra_captions: bool, seed: int, keep_restricted: bool,
               image_encoder: str | None, text_encoder: str | None) -> None:

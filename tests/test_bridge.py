@@ -75,6 +75,11 @@ def test_the_head_part_and_its_columns_inside_the_default_encoder() -> None:
     assert head_part("resnet50") is None
     assert part_columns(enc, "efficientnet-lite2") == slice(1280, 2560)
     assert part_columns("efficientnet-lite0", "efficientnet-lite0") == slice(None)
+    assert part_columns("efficientnet-lite2-hires", "efficientnet-lite2-hires") == slice(0, 1280)
+    # a mean+max part: its classifier reads the mean half only
+    assert head_part("efficientnet-lite0+efficientnet-lite2-hires") == "efficientnet-lite2-hires"
+    assert part_columns("efficientnet-lite0+efficientnet-lite2-hires", "efficientnet-lite2-hires") == slice(1280, 2560)
+    assert part_columns("efficientnet-lite2-hires+efficientnet-lite0", "efficientnet-lite0") == slice(2560, 3840)
     with pytest.raises(ValueError):
         part_columns("resnet18+efficientnet-lite2", "efficientnet-lite2")
 

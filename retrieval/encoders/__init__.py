@@ -2,7 +2,8 @@
 
 Image names: efficientnet-lite0, efficientnet-lite2, efficientnet-lite2-hires (whole frame at 384 px, mean+max
 pooled, its own view), resnet18, resnet50, fake-image; several joined with "+" are concatenated (e.g.
-"efficientnet-lite0+efficientnet-lite2+efficientnet-lite2-hires", the default). Text names: all-mpnet-base-v2,
+"efficientnet-lite0+efficientnet-lite2-hires", the default: Lite0 on the center crop and the full frame, Lite2
+on the full frame at 384 px). Text names: all-mpnet-base-v2,
 all-MiniLM-L6-v2, bert-base-uncased (or any hub id, online), fake-text.
 """
 from __future__ import annotations

@@ -158,18 +158,22 @@ class TorchImageEncoder:
 
         return self.net(x.contiguous(memory_format=torch.channels_last))
 
+    def pooled(self, items: Sequence[Any]) -> Any:
+        """(B*V, dim) raw pooled outputs of every view of every item, blocks not yet normalised."""
+        import torch
+
+        batch = torch.stack(list(items))  # (B,V,3,H,W)
+        x = batch.reshape(-1, *batch.shape[2:])
+        return torch.cat([self.forward((x[i : i + MAX_FORWARD_BATCH].float() - self._mean) / self._std)
+                          for i in range(0, len(x), MAX_FORWARD_BATCH)])
+
     def embed_batch(self, items: Sequence[Any]) -> FloatArray:
         import torch
 
         if not len(items):
             return np.zeros((0, self.dim), np.float32)
-        batch = torch.stack(list(items))  # (B,V,3,H,W)
-        b, v = batch.shape[:2]
-        x = batch.reshape(b * v, *batch.shape[2:])
-        feats = torch.cat(
-            [self.forward((x[i : i + MAX_FORWARD_BATCH].float() - self._mean) / self._std)
-             for i in range(0, b * v, MAX_FORWARD_BATCH)]
-        )
+        b, v = len(items), items[0].shape[0]
+        feats = self.pooled(items)
         if self.blocks > 1:
             feats = torch.nn.functional.normalize(feats.reshape(b * v, self.blocks, -1), dim=2)
         return feats.reshape(b, v, -1).mean(dim=1).numpy().astype(np.float32, copy=False)

@@ -21,7 +21,9 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 #: Image-encoder parts that carry an ImageNet head, best first: the bridge reads the first one a model has.
-HEAD_PARTS = ("efficientnet-lite2", "efficientnet-lite0")
+HEAD_PARTS = ("efficientnet-lite2", "efficientnet-lite2-hires", "efficientnet-lite0")
+#: Width of one pooled block of a Lite part (its classifier's input).
+LITE_WIDTH = 1280
 
 
 @dataclass(frozen=True)
@@ -53,19 +55,19 @@ def head_part(image_encoder: str) -> str | None:
 
 
 def part_columns(image_encoder: str, part: str) -> slice:
-    """Columns of `part` inside the encoder's (concatenated) feature; every part before it must be a Lite one."""
+    """Columns of `part`'s mean-pooled feature (what its classifier reads) inside the encoder's concatenated
+    feature; a "meanmax" part's max half is skipped. Every part before it must be a Lite one."""
     from retrieval.encoders.image import LITE_VARIANTS
 
-    if image_encoder == part:  # a single encoder: its whole feature
-        return slice(None)
+    if image_encoder == part and (part not in LITE_VARIANTS or LITE_VARIANTS[part].blocks == 1):
+        return slice(None)  # a single mean-pooled encoder: its whole feature
     start = 0
     for p in image_encoder.split("+"):
         if p not in LITE_VARIANTS:
             raise ValueError(f"{p!r} has no known feature width; the bridge needs Lite parts before {part!r}")
-        width = 1280 * LITE_VARIANTS[p].blocks
         if p == part:
-            return slice(start, start + width)
-        start += width
+            return slice(start, start + LITE_WIDTH)
+        start += LITE_WIDTH * LITE_VARIANTS[p].blocks
     raise ValueError(f"{part!r} is not a part of {image_encoder!r}")
 
 

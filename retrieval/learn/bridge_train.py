@@ -10,6 +10,7 @@ the choice. Every number of every w is kept in metrics["bridge"].
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -38,17 +39,37 @@ class CourseClasses:
     scale: float
 
 
+def pooled_norm(data_dir: Path, part: str, views: tuple[str, ...], n_sample: int = 64) -> float:
+    """Median norm of the part's mean pool on course images: the scale its classifier sees (`ClassifierHead`).
+    A plain mean part's cached features are that pool; a mean+max part caches L2-normalised halves, so the first
+    `n_sample` images run through its net once more."""
+    from retrieval.data.course import TRAIN_IMAGES
+    from retrieval.encoders import build_image_encoder
+    from retrieval.encoders.image import LITE_VARIANTS
+    from retrieval.encoders.imagenet import LITE_WIDTH
+    from retrieval.encoders.precision import training_precision
+    from retrieval.index.imageio import load_image
+    from retrieval.learn.features import combine_image_features
+
+    if LITE_VARIANTS[part].blocks == 1:
+        _, raw = combine_image_features(data_dir, part, views)  # one part: the raw view-averaged pool
+        return float(np.median(np.linalg.norm(raw, axis=1)))
+    enc = build_image_encoder(part, views=views, precision=training_precision())
+    files = sorted((Path(data_dir) / TRAIN_IMAGES).glob("*.jpg"))[:n_sample]
+    raw = np.asarray(enc.pooled([enc.preprocess(load_image(f)) for f in files]))[:, :LITE_WIDTH]
+    return float(np.median(np.linalg.norm(raw, axis=1)))
+
+
 def course_classes(ts: "TrainingSet", image_encoder: str, text_encoder: str, views: tuple[str, ...]
                    ) -> CourseClasses | None:
     """None when no part of the image encoder has an ImageNet head (ResNet, fake encoders)."""
     from retrieval.encoders.imagenet import head_part, imagenet_class_names, lite_head, part_columns
-    from retrieval.learn.features import combine_image_features, text_features
+    from retrieval.learn.features import text_features
 
     part = head_part(image_encoder)
     if part is None:
         return None
-    _, raw = combine_image_features(ts.data_dir, part, views)  # one part: the raw view-averaged pool
-    scale = float(np.median(np.linalg.norm(raw, axis=1)))
+    scale = pooled_norm(ts.data_dir, part, views)
     head = lite_head(part)
     ids, p = head.top(ts.emb.image_feats[:, part_columns(image_encoder, part)], scale, TOP_K)
     names = imagenet_class_names()[: head.weight.shape[0]]

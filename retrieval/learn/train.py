@@ -34,7 +34,7 @@ from retrieval.policy.lexicon import mentions_child
 from retrieval.policy.train import fit_text_probe
 from retrieval.policy.visual_labels import labels_for
 
-DEFAULT_IMAGE_ENCODER = "efficientnet-lite0+efficientnet-lite2+efficientnet-lite2-hires"
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0+efficientnet-lite2-hires"
 DEFAULT_TEXT_ENCODER = "all-mpnet-base-v2"
 DEFAULT_VIEWS: tuple[str, ...] = ("center", "full")
 #: progress(message) — the CLI prints it; the core never prints.
