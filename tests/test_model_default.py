@@ -19,8 +19,8 @@ def test_shipped_default_model_loads_and_is_small():
     from retrieval.encoders import build_image_encoder
 
     image_dim = build_image_encoder(m.config.image_encoder, views=tuple(m.config.image_views)).dim
-    assert m.config.image_dim == image_dim == 5120 and m.config.text_dim == 768 and m.dim == 256
-    # heads only (13.5 MB): the 5,120 x 256 image map (5.2 MB) and the bridge's 1,000 class vectors (3 MB)
+    assert m.config.image_dim == image_dim == 3840 and m.config.text_dim == 768 and m.dim == 256
+    # heads only (12 MB): the 3,840 x 256 image map (3.9 MB) and the bridge's 1,000 class vectors (3 MB)
     # dominate; no encoder weights travel with the model
     assert sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir()) < 16_000_000
     assert m.config.training["keep_restricted"] is False
