@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def naive_lite0(files: list[Path]) -> float:
 
 def build_once(images: Path, model: str, precision: str, cache: Path, shared: Path) -> float:
     """Wall seconds of one `retrieve build-index` into a new index with an empty embedding cache."""
-    fresh = cache / f"{model}-{precision}-{time.monotonic_ns()}"
+    fresh = cache / f"{re.sub(r'[^A-Za-z0-9]+', '_', model)}-{precision}-{time.monotonic_ns()}"
     fresh.mkdir(parents=True)
     for sub in ("models", "text-encoders"):  # prepared weights, not embeddings
         if (shared / sub).is_dir():
@@ -66,6 +67,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--naive-n", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--reference", action="append", default=[], metavar="MODEL_DIR",
+                    help="also build with this model folder (default precision), e.g. the previous default recipe: "
+                         "git worktree add /tmp/old c5deb68~1 && --reference /tmp/old/retrieval/default_model")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from retrieval.config import cache_dir, course_data_dir
@@ -86,12 +90,18 @@ def main() -> None:
                 for precision in ("fp32", "auto"):
                     walls.setdefault(f"{model} {precision}", []).append(
                         build_once(folder, model, precision, Path(tmp) / "cache", cache_dir()))
+            for ref in args.reference:
+                walls.setdefault(f"reference {ref}", []).append(
+                    build_once(folder, ref, "auto", Path(tmp) / "cache", cache_dir()))
     for key, w in walls.items():
         out["runs"][key] = {"wall_s": round(min(w), 2), "images_per_s": round(len(files) / min(w), 2)}
     for model in ("default", "light"):
         fp32, auto = out["runs"][f"{model} fp32"], out["runs"][f"{model} auto"]
         out[f"{model}_auto_over_fp32"] = round(auto["images_per_s"] / fp32["images_per_s"], 2)
         out[f"{model}_auto_over_naive"] = round(auto["images_per_s"] / out["naive_lite0_images_per_s"], 2)
+    for ref in args.reference:
+        out[f"default_over_reference {ref}"] = round(
+            out["runs"]["default auto"]["images_per_s"] / out["runs"][f"reference {ref}"]["images_per_s"], 2)
     path = write_json(RESULTS_DIR / "bench_build_cli.json", out)
     print(json.dumps({k: v for k, v in out.items() if k not in info}, indent=1))
     print(f"wrote {path}")
