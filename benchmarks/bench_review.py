@@ -1,6 +1,6 @@
 """Operator review, simulated: does answering the queue's questions lower over-blocking, with recall kept?
 
-    python benchmarks/bench_review.py [--model default] [--seeds 3] [--extra-library INDEX] [--json]
+    python benchmarks/bench_review.py [--model default] [--seeds 3] [--extra-library INDEX] [--learners] [--json]
 
 The operator is simulated by the visual labels (`retrieval/policy/visual_labels.tsv`: child and unsure answered
 "child", none answered "none"). The shipped model stores every training image's detector features as its heads saw
@@ -18,6 +18,10 @@ diversity term. Writes benchmarks/results/bench_review.json.
 also holds that index's photos (child-free, answered "none"), so the operator's answers carry what the 1,000
 training photos do not; `extra_unreviewed_withheld_*` are the shares of them withheld among the unreviewed.
 Writes benchmarks/results/bench_review_extra.json.
+
+`--learners`: the same curves for the refit variants tried besides the shipped one (`LEARNERS`): the fusion with
+familiarity and faceless-only terms, and the whole-image probe relearnt on the index's vectors. None of them moves
+the unreviewed child-free rate beyond the seeds' spread on the course library (see docs/legal.md).
 """
 from __future__ import annotations
 
@@ -48,14 +52,98 @@ def extra_library(index_dir: str, model: Any) -> tuple[np.ndarray, np.ndarray]:
     return policy.features, np.asarray(store.vectors, np.float32)
 
 
+def shipped_learner(own: Any, ZA: np.ndarray, VA: np.ndarray, yA: np.ndarray, Zr: np.ndarray, Vr: np.ndarray,
+                    yr: np.ndarray, seed: int) -> Any:
+    """The product's refit (`policy.refit.fit_refit`): fusion + threshold on the stored detector features."""
+    from dataclasses import replace
+
+    from retrieval.policy.refit import RefitRefusedError, fit_refit
+
+    try:
+        (mean, scale, w, b), t, _ = fit_refit(own, Zr, yr, seed=seed)
+    except RefitRefusedError:
+        return None
+    det = replace(own, fusion_mean=mean, fusion_scale=scale, fusion_weight=w, fusion_bias=b)
+    return (lambda Z, V: det.fuse(Z)), t
+
+
+def _weighted_refit(own: Any, X: np.ndarray, Zall: np.ndarray, y: np.ndarray, n_rev: int, seed: int,
+                    features: Any, weight: float = 5.0, target: float = 0.97) -> Any:
+    """Logistic fusion over `X` (training + reviewed rows, reviewed weighted), threshold at `target` out-of-fold
+    recall, refused when the reviewed child rows' out-of-fold recall misses it -- the shipped refit's rules."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    from retrieval.policy.classifiers import threshold_for_recall
+
+    w = np.concatenate([np.ones(len(y) - n_rev), np.full(n_rev, weight)])
+    rev = np.arange(len(y)) >= len(y) - n_rev
+    strata = y.astype(int) * 2 + rev
+    if np.bincount(strata, minlength=4).min() < 5:
+        strata = y.astype(int)
+
+    def fit(tr: np.ndarray) -> Any:
+        mu = np.average(X[tr], 0, w[tr])
+        sd = np.sqrt(np.average((X[tr] - mu) ** 2, 0, w[tr])) + 1e-6
+        lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000).fit((X[tr] - mu) / sd, y[tr],
+                                                                                  sample_weight=w[tr])
+        return lambda XX: lr.predict_proba((XX - mu) / sd)[:, 1]
+
+    oof = np.zeros(len(y))
+    for tr, va in StratifiedKFold(5, shuffle=True, random_state=seed).split(X, strata):
+        oof[va] = np.where(own.person(Zall[va]), fit(tr)(X[va]), 0.0)
+    t = threshold_for_recall(y, oof, target)
+    if (y & rev).any() and (oof[y & rev] >= t).mean() < target:
+        return None
+    final = fit(np.arange(len(y)))
+    return (lambda Z, V: np.where(own.person(Z), final(features(Z, V)), 0.0)), t
+
+
+def faceless_learner(own: Any, ZA: np.ndarray, VA: np.ndarray, yA: np.ndarray, Zr: np.ndarray, Vr: np.ndarray,
+                     yr: np.ndarray, seed: int) -> Any:
+    """Variant: the fusion also sees familiarity, and the image/person logits and familiarity of faceless photos
+    on their own (where the whole-image probe decides)."""
+    def features(Z: np.ndarray, V: np.ndarray) -> np.ndarray:
+        nf = (Z[:, 2] <= 0).astype(float)[:, None]
+        return np.hstack([Z[:, :6], Z[:, 6:7], nf * Z[:, [0, 1, 6]]])
+
+    Zall, Vall = np.vstack([ZA, Zr]), np.vstack([VA, Vr])
+    return _weighted_refit(own, features(Zall, Vall), Zall, np.concatenate([yA, yr]), len(yr), seed, features)
+
+
+def vector_learner(own: Any, ZA: np.ndarray, VA: np.ndarray, yA: np.ndarray, Zr: np.ndarray, Vr: np.ndarray,
+                   yr: np.ndarray, seed: int, weight: float = 5.0) -> Any:
+    """Variant: the whole-image probe relearnt on the index's own 256-d vectors (training + reviewed photos; the
+    product would have to ship the training photos' vectors), its out-of-fold logit replacing image_logit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    Zall, Vall, y = np.vstack([ZA, Zr]), np.vstack([VA, Vr]).astype(np.float64), np.concatenate([yA, yr])
+    w = np.concatenate([np.ones(len(yA)), np.full(len(yr), weight)])
+    logit = np.zeros(len(y))
+    for tr, va in StratifiedKFold(5, shuffle=True, random_state=seed).split(Vall, y):
+        logit[va] = LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced").fit(
+            Vall[tr], y[tr], sample_weight=w[tr]).decision_function(Vall[va])
+    probe = LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced").fit(Vall, y, sample_weight=w)
+
+    def features(Z: np.ndarray, V: np.ndarray, lg: np.ndarray | None = None) -> np.ndarray:
+        X = Z[:, :6].copy()
+        X[:, 0] = probe.decision_function(np.asarray(V, np.float64)) if lg is None else lg
+        return X
+
+    return _weighted_refit(own, features(Zall, Vall, logit), Zall, y, len(yr), seed, features, weight)
+
+
+LEARNERS = {"shipped": shipped_learner, "faceless-terms": faceless_learner, "vector-probe": vector_learner}
+
+
 def simulate(model: Any, vectors: np.ndarray, labels: np.ndarray, seeds: int,
-             extra: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+             extra: tuple[np.ndarray, np.ndarray] | None = None, learner: Any = shipped_learner) -> dict[str, Any]:
     from sklearn.model_selection import StratifiedKFold
 
     from retrieval.policy.classifiers import threshold_for_recall
     from retrieval.policy.detector_train import fusion_detector, fusion_out_of_fold
     from retrieval.policy.queue import calibration, expected_gain, review_queue
-    from retrieval.policy.refit import RefitRefusedError, fit_refit
 
     det0 = model.detector
     Z = np.asarray(det0.train_rows, np.float64)
@@ -83,14 +171,11 @@ def simulate(model: Any, vectors: np.ndarray, labels: np.ndarray, seeds: int,
                     refused = 0
                     p, t = p_own, own.threshold
                     if n:
-                        try:
-                            params, t, _ = fit_refit(own, ZB[rev], yB[rev], seed=seed)
-                            mean, scale, w, b = params
-                            from dataclasses import replace
-
-                            p = replace(own, fusion_mean=mean, fusion_scale=scale, fusion_weight=w, fusion_bias=b).fuse(ZB)
-                        except RefitRefusedError:
+                        fitted = learner(own, Z[A], vectors[A], y[A], ZB[rev], VB[rev], yB[rev], seed)
+                        if fitted is None:
                             refused = 1
+                        else:
+                            p, t = fitted[0](ZB, VB), fitted[1]
                     hit, hit_own = p >= t, p_own >= own.threshold
                     shown_lib = hit.copy()
                     shown_lib[rev] = yB[rev]
@@ -125,6 +210,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--extra-library", default=None, metavar="INDEX",
                     help="an index (built with the same model) of child-free photos added to every simulated library")
+    ap.add_argument("--learners", action="store_true",
+                    help=f"also simulate the refit variants that were tried ({', '.join(list(LEARNERS)[1:])})")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from retrieval.learn.model import load_model
@@ -141,20 +228,27 @@ def main() -> None:
     labels = np.asarray(labels_for(names), dtype="<U8")
     vectors = l2n(np.asarray(model.project_images(feats), np.float32))
     info = banner({"benchmark": "operator review simulation (visual labels as the operator)"})
+    extra = extra_library(args.extra_library, model) if args.extra_library else None
     result = {**info, "model_id": model.config.model_id, "seeds": args.seeds, "steps": list(STEPS),
-              "extra_library": args.extra_library,
-              **simulate(model, vectors, labels, args.seeds,
-                         extra_library(args.extra_library, model) if args.extra_library else None)}
+              "extra_library": args.extra_library, **simulate(model, vectors, labels, args.seeds, extra)}
+    if args.learners:
+        result["learners"] = {name: simulate(model, vectors, labels, args.seeds, extra, learner)
+                              for name, learner in list(LEARNERS.items())[1:]}
     path = write_json(RESULTS_DIR / ("bench_review_extra.json" if args.extra_library else "bench_review.json"), result)
     if args.json:
         print(json.dumps(result, indent=1))
-    for kind in ("queue", "random"):
-        print(f"{kind:>7}  n  unreviewed none withheld (refit / detector)  recall child+unsure (min)  library none withheld")
-        for n in STEPS:
-            r = result[kind][str(n)]
-            print(f"{'':>7} {n:>2}  {r['unreviewed_none_withheld_refit']:.3f} / {r['unreviewed_none_withheld_detector']:.3f}"
-                  f"{'':>20}{r['unreviewed_recall_child_unsure']:.3f} ({r['min_unreviewed_recall_child_unsure']:.3f})"
-                  f"{'':>12}{r['library_none_withheld']:.3f}")
+    for name, curves in [("shipped", result), *result.get("learners", {}).items()]:
+        print(f"refit: {name}")
+        for kind in ("queue", "random"):
+            print(f"{kind:>7}  n  unreviewed none withheld (refit / detector)  recall child+unsure (min)  "
+                  "library none withheld" + ("  extra withheld (refit / detector)" if extra is not None else ""))
+            for n in STEPS:
+                r = curves[kind][str(n)]
+                print(f"{'':>7} {n:>2}  {r['unreviewed_none_withheld_refit']:.3f} / "
+                      f"{r['unreviewed_none_withheld_detector']:.3f}{'':>20}{r['unreviewed_recall_child_unsure']:.3f} "
+                      f"({r['min_unreviewed_recall_child_unsure']:.3f}){'':>12}{r['library_none_withheld']:.3f}"
+                      + (f"{'':>10}{r['extra_unreviewed_withheld_refit']:.3f} / "
+                         f"{r['extra_unreviewed_withheld_detector']:.3f}" if extra is not None else ""))
     print(f"wrote {path}")
 
 

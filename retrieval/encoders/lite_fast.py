@@ -114,15 +114,8 @@ def openvino_available() -> bool:
     return True
 
 
-def openvino_forward(spec: LiteSpec, threads: int, precision: str = "f32") -> Callable[[FloatArray], FloatArray]:
-    """Compile `spec` for the CPU: (B,3,S,S) float32 normalised -> (B,1280) pooled features (B,2560 for "meanmax").
-
-    `precision` is OpenVINO's INFERENCE_PRECISION_HINT, "f32" or "bf16" (`retrieval.encoders.precision`): pinned,
-    because on CPUs with bf16/AMX OpenVINO would otherwise pick bf16 by itself.
-    """
-    if precision not in ("f32", "bf16"):
-        raise ValueError(f"precision must be 'f32' or 'bf16', got {precision!r}")
-
+def openvino_model(spec: LiteSpec) -> Any:
+    """`spec` as an OpenVINO graph: (B,3,S,S) float32 normalised -> (B,1280) pooled features (B,2560 for "meanmax")."""
     import openvino as ov
     import openvino.opset13 as ops
 
@@ -149,7 +142,21 @@ def openvino_forward(spec: LiteSpec, threads: int, precision: str = "f32") -> Ca
     pooled = ops.reduce_mean(h, axes, keep_dims=False)
     if spec.pool == "meanmax":
         pooled = ops.concat([pooled, ops.reduce_max(h, axes, keep_dims=False)], 1)
-    model = ov.Model([pooled], [x], "efficientnet_lite_pooled")
+    return ov.Model([pooled], [x], "efficientnet_lite_pooled")
+
+
+def openvino_forward(spec: LiteSpec, threads: int, precision: str = "f32") -> Callable[[FloatArray], FloatArray]:
+    """Compile `spec` (`openvino_model`) for the CPU.
+
+    `precision` is OpenVINO's INFERENCE_PRECISION_HINT, "f32" or "bf16" (`retrieval.encoders.precision`): pinned,
+    because on CPUs with bf16/AMX OpenVINO would otherwise pick bf16 by itself.
+    """
+    if precision not in ("f32", "bf16"):
+        raise ValueError(f"precision must be 'f32' or 'bf16', got {precision!r}")
+
+    import openvino as ov
+
+    model = openvino_model(spec)
     config = {"INFERENCE_NUM_THREADS": max(1, int(threads)), "INFERENCE_PRECISION_HINT": precision,
               "PERFORMANCE_HINT": "LATENCY"}
     compiled = ov.Core().compile_model(model, "CPU", config)
