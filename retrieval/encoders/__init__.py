@@ -61,8 +61,17 @@ def _build_image_encoder(name: str, weights: Path | None, views: tuple[str, ...]
     return ConcatImageEncoder([_one_image(n, None, views, random_init, precision) for n in names])  # type: ignore[list-item]
 
 
+def build_text_encoder(name: str, random_init: bool = False, max_tokens: int = 128, weights: str | None = None
+                       ) -> TextEncoder:
+    """Cached per process and weight storage. `weights`: "f32" or "int8" for the OpenVINO layers' matrices
+    (default: `precision.text_weights()`; training passes `precision.TRAINING_TEXT_WEIGHTS`)."""
+    from retrieval.encoders.precision import text_weights
+
+    return _build_text_encoder(name, random_init, max_tokens, weights or text_weights())
+
+
 @lru_cache(maxsize=8)
-def build_text_encoder(name: str, random_init: bool = False, max_tokens: int = 128) -> TextEncoder:
+def _build_text_encoder(name: str, random_init: bool, max_tokens: int, weights: str) -> TextEncoder:
     import retrieval.encoders.text as text
 
     if name == "fake-text":
@@ -70,7 +79,7 @@ def build_text_encoder(name: str, random_init: bool = False, max_tokens: int = 1
 
         return FakeTextEncoder()
     if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
-        return text.load("all-MiniLM-L6-v2", text.minilm_path(), max_tokens, random_init)
+        return text.load("all-MiniLM-L6-v2", text.minilm_path(), max_tokens, random_init, weights=weights)
     if name in ("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2"):
-        return text.load("all-mpnet-base-v2", text.mpnet_path(), max_tokens, random_init)
+        return text.load("all-mpnet-base-v2", text.mpnet_path(), max_tokens, random_init, weights=weights)
     return text.load_hf(name, None, max_tokens, random_init)

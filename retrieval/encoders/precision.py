@@ -4,8 +4,13 @@ Why: on CPUs with bf16 units (AMX / AVX512-BF16; OpenVINO lists "BF16" among the
 the EfficientNet-Lite passes (the index's image encoder and the child detector's crop encoder) run 1.5-2.5x faster
 in bf16, and the pooled features stay within cosine 0.995 of float32 (benchmarks/bench_precision.py; the 10-fold
 retrieval numbers on bf16 features are in docs/performance.md). The networks are not changed, only how OpenVINO
-computes them, so encoder checksums, models and indexes stay valid across precisions. The text encoder stays
-float32: bf16 measured no faster for one short query.
+computes them, so encoder checksums, models and indexes stay valid across precisions.
+
+The text encoder's OpenVINO layers keep their matrices in INT8 (weight-only, symmetric per output column, computed
+in float32; `text_fast.compress`): one short query is memory-bound on reading 110M weights, so mpnet's query went
+from 23 to 10 ms, embeddings within cosine 0.998 of float32, and heads retrained on such features keep every course
+number (docs/performance.md). bf16 measured no faster there. Training embeds the course texts in float32 either way
+(`TRAINING_TEXT_WEIGHTS`), so a model is the same on every machine.
 
 `RETRIEVAL_PRECISION` = auto (default: bf16 if the CPU has it, else fp32) | fp32 (the float path, e.g. to compare) |
 bf16 (bf16 where available; OpenVINO falls back to float32 on CPUs without it).
@@ -36,6 +41,15 @@ def cpu_has_bf16() -> bool:
         return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     except Exception:  # noqa: BLE001 - no OpenVINO or no CPU plugin: the float path
         return False
+
+
+#: Weights of the text encoder's OpenVINO layers when training embeds the course texts.
+TRAINING_TEXT_WEIGHTS = "f32"
+
+
+def text_weights() -> str:
+    """How the query-time text encoder stores its matrices: "int8" (default) or "f32" (`RETRIEVAL_PRECISION=fp32`)."""
+    return "f32" if requested_precision() == "fp32" else "int8"
 
 
 def inference_precision() -> str:

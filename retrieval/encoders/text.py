@@ -178,13 +178,17 @@ class FastTextEncoder:
     """The same checkpoint read straight from its safetensors (see `retrieval.encoders.text_fast`): numpy forward,
     or OpenVINO-compiled layers once `warm` has run (backend "openvino"); same outputs as HFTextEncoder."""
 
-    def __init__(self, model_id: str, folder: Path, max_tokens: int = 128, openvino: bool = False) -> None:
+    def __init__(self, model_id: str, folder: Path, max_tokens: int = 128, openvino: bool = False,
+                 weights: str = "f32") -> None:
+        """`weights`: the OpenVINO layers' matrix storage, "f32" or "int8" (`text_fast.compress`); the numpy
+        forward is float32 either way."""
         import retrieval.encoders.text_fast as text_fast
 
         self.id = model_id
         self.folder = folder
         self.model = text_fast.NumpyTransformer.from_folder(folder)
         self.openvino = openvino
+        self.weights = weights
         self.forward: text_fast.OpenVinoTransformer | None = None  # compiled by `warm`
         self._calls = 0
         self.tokenizer = text_fast.load_tokenizer(folder, max_tokens)
@@ -219,7 +223,7 @@ class FastTextEncoder:
             from retrieval.encoders.text_fast import OpenVinoTransformer
 
             try:
-                self.forward = OpenVinoTransformer(self.model)
+                self.forward = OpenVinoTransformer(self.model, weights=self.weights)
             except Exception as exc:  # an OpenVINO that cannot compile here must not break search: same vectors
                 import warnings
 
@@ -260,12 +264,12 @@ def backend_from_env() -> str:
 
 
 def load(model_id: str, folder: Path | None, max_tokens: int, random_init: bool = False,
-         backend: str | None = None) -> FastTextEncoder | HFTextEncoder:
+         backend: str | None = None, weights: str = "f32") -> FastTextEncoder | HFTextEncoder:
     """The OpenVINO / numpy backend for a local BERT/MPNet checkpoint, else (random init, hub ids, backend
     "transformers") the transformers reference."""
     backend = backend or backend_from_env()
     if backend in ("openvino", "numpy") and folder is not None and not random_init and _numpy_supported(folder):
-        return FastTextEncoder(model_id, folder, max_tokens, openvino=backend == "openvino")
+        return FastTextEncoder(model_id, folder, max_tokens, openvino=backend == "openvino", weights=weights)
     return load_hf(model_id, folder, max_tokens, random_init)
 
 

@@ -254,12 +254,13 @@ class OpenVinoTransformer:
     (`python benchmarks/bench_text.py [--busy]`).
     Calls are serialised by a lock: one infer request, shared by the server's worker threads."""
 
-    def __init__(self, model: NumpyTransformer, threads: int | None = None) -> None:
+    def __init__(self, model: NumpyTransformer, threads: int | None = None, weights: str = "f32") -> None:
         import threading
 
         self.source = model
         self.hidden = model.hidden
-        self._request = _compile_layers(model, threads).create_infer_request()
+        self.weights = weights
+        self._request = _compile_layers(model, threads, weights).create_infer_request()
         self._lock = threading.Lock()
         self(np.array([[model.pad_id + 1] * 3]), np.ones((1, 3), np.int64))  # first inference sets up ~0.1 s of state
 
@@ -270,10 +271,28 @@ class OpenVinoTransformer:
             return np.array(out, np.float32, copy=True)  # the output buffer is reused by the next call
 
 
-def _compile_layers(model: NumpyTransformer, threads: int | None) -> Any:
-    """(x (b, L, hidden), additive mask) -> last hidden state, as `NumpyTransformer.__call__` computes it."""
+#: Matrix storage of the compiled layers: float32, or INT8 with a float32 scale per output column.
+WEIGHTS = ("f32", "int8")
+
+
+def compress(w: np.ndarray) -> tuple[npt.NDArray[np.int8], FloatArray]:
+    """(in, out) float matrix -> (INT8 matrix, (1, out) scales) with w ~= q * scale, symmetric per output column."""
+    w = np.asarray(w, np.float32)
+    scale = np.maximum(np.abs(w).max(axis=0, keepdims=True) / 127.0, np.float32(1e-12)).astype(np.float32)
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+
+
+def _compile_layers(model: NumpyTransformer, threads: int | None, weights: str = "f32") -> Any:
+    """(x (b, L, hidden), additive mask) -> last hidden state, as `NumpyTransformer.__call__` computes it.
+
+    `weights` "int8": every linear layer's matrix is stored compressed (`compress`) and widened to float32 inside
+    the matmul (OpenVINO's CPU plugin fuses the convert and scale into the fully-connected kernel), so a short
+    query reads a quarter of the bytes; activations, biases, layer norms and attention stay float32."""
     import openvino as ov
     import openvino.opset13 as ops
+
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
 
     w, h, hid = model.w, model.heads, model.hidden
     dh = hid // h
@@ -284,8 +303,14 @@ def _compile_layers(model: NumpyTransformer, threads: int | None) -> Any:
         # model releasing Python-owned buffers during interpreter shutdown.
         return ops.constant(np.ascontiguousarray(w[name], np.float32))
 
+    def matrix(name: str) -> Any:
+        if weights == "f32":
+            return const(name)
+        q, scale = compress(w[name])
+        return ops.multiply(ops.convert(ops.constant(q), ov.Type.f32), ops.constant(scale))
+
     def linear(x: Any, i: int, role: str) -> Any:
-        return ops.add(ops.matmul(x, const(f"{i}.{role}.w"), False, False), const(f"{i}.{role}.b"))
+        return ops.add(ops.matmul(x, matrix(f"{i}.{role}.w"), False, False), const(f"{i}.{role}.b"))
 
     def layer_norm(x: Any, i: int, role: str) -> Any:
         normed = ops.mvn(x, ops.constant(np.array([-1], np.int64)), True, model.eps, "inside_sqrt")

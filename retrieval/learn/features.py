@@ -20,7 +20,7 @@ from retrieval.atomic import atomic_path
 from retrieval.config import cache_dir
 from retrieval.data.course import load_course
 from retrieval.encoders import build_image_encoder, build_text_encoder, part_views, part_weight
-from retrieval.encoders.precision import training_precision
+from retrieval.encoders.precision import TRAINING_TEXT_WEIGHTS, training_precision
 from retrieval.index.imageio import load_image
 from retrieval.policy.detector import CROP_CONTEXT, CROP_ENCODER, MAX_FACES, faces_and_crop_features, load_crop_encoder
 from retrieval.policy.detector_train import FaceTable
@@ -143,7 +143,7 @@ def image_view_features(
 def text_features(texts: Sequence[str], encoder_name: str, progress: Progress | None = None) -> FloatArray:
     """Raw text features for `texts` (cached by encoder id + checksum + the exact text list)."""
 
-    encoder = build_text_encoder(encoder_name)
+    encoder = build_text_encoder(encoder_name, weights=TRAINING_TEXT_WEIGHTS)
     key = _sha([encoder_name, encoder.checksum(), str(encoder.max_tokens), _sha(list(texts))])[:24]
     path = _feature_dir() / f"txt-{encoder_name}-{key}.npz"
     if path.is_file():

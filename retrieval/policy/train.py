@@ -128,7 +128,7 @@ def evaluate_policy(
     if queries is not None:
         texts, y_q, kinds = read_policy_file(queries)
         text_probe = fit_text_probe(emb.text_feats, text_child_labels(emb.texts), text_encoder, C=text_C)
-        probs = text_probe.predict_proba(build_text_encoder(text_encoder).encode(texts))
+        probs = text_probe.predict_proba(build_text_encoder(text_encoder).encode(texts))  # as queries run
         out["queries"] = query_policy_metrics(texts, y_q, probs, text_probe.threshold)
         out["text_threshold"] = text_probe.threshold
         blocked = (probs >= text_probe.threshold) | text_child_labels(texts)
