@@ -2,7 +2,8 @@
 
     python benchmarks/bench_text.py [--model all-mpnet-base-v2] [--queries 30] [--batch 600] [--busy] [--json]
 
-Backends (retrieval.encoders.text): "openvino" (compiled layers, the default), "numpy" (the numpy forward a one-shot
+Backends (retrieval.encoders.text): "openvino" (compiled layers with INT8 matrices, the default), "openvino-f32"
+(the same layers in float32, `--precision fp32`), "numpy" (the numpy forward a one-shot
 `retrieve query` uses) and "transformers" (the torch reference). Texts: real course captions. Single query: median
 wall time of `encode([text])` over --queries captions after 3 warm-up calls (the openvino encoder is warmed first, as
 the server does). Batched: ms per text for one `encode` of --batch captions. --busy runs a CPU-bound process on one
@@ -24,7 +25,7 @@ from common import RESULTS_DIR, banner, ensure_repo_on_path, write_json
 
 ensure_repo_on_path()
 
-BACKENDS = ("openvino", "numpy", "transformers")
+BACKENDS = ("openvino", "openvino-f32", "numpy", "transformers")
 
 
 def course_captions(n: int) -> list[str]:
@@ -40,7 +41,8 @@ def measure(name: str, backend: str, queries: list[str], batch: list[str]) -> tu
     from retrieval.encoders import text
 
     folder = text.minilm_path() if name == "all-MiniLM-L6-v2" else text.mpnet_path()
-    enc = text.load(name, folder, 128, backend=backend)
+    weights = "f32" if backend.endswith("-f32") else "int8"  # INT8 matrices: the query default (OpenVINO only)
+    enc = text.load(name, folder, 128, backend=backend.removesuffix("-f32"), weights=weights)
     if hasattr(enc, "warm"):
         enc.warm()
     for q in queries[:3]:
@@ -80,7 +82,7 @@ def main() -> None:
     for backend, row in result["backends"].items():
         row["worst_cosine_vs_numpy"] = float(np.min(np.sum(unit[backend] * unit["numpy"], axis=1)))
         row["single_query_speedup_vs_numpy"] = ref["single_query_p50_ms"] / row["single_query_p50_ms"]
-        print(f"{args.model} {backend:12s} one query {row['single_query_p50_ms']:6.1f} ms "
+        print(f"{args.model} {backend:13s} one query {row['single_query_p50_ms']:6.1f} ms "
               f"({row['single_query_speedup_vs_numpy']:.2f}x numpy) | batched {row['batched_ms_per_text']:5.1f} ms/text"
               f" | worst cosine vs numpy {row['worst_cosine_vs_numpy']:.7f}{' | other core busy' if args.busy else ''}")
     result["command"] = "python benchmarks/bench_text.py --model %s%s" % (args.model, " --busy" * args.busy)
