@@ -8,7 +8,7 @@ input took over --calibration course photos, and a symmetric per-output-channel 
 convolution weight; OpenVINO's CPU plugin then runs those convolutions in INT8. The ranges would be a few hundred
 numbers stored with a model, so users would need no calibration photos. Measured on 64 other course photos,
 batches of 16, 2 threads, best of 3; cosine per pooled block against float32. Writes
-benchmarks/results/bench_int8.json. The verdict in docs/performance.md: on this CPU (AMX bf16) INT8 is 1.15-1.35x
+benchmarks/results/bench_int8.json. The verdict in docs/performance.md: on this CPU (AMX bf16) INT8 is 1.3-1.6x
 bf16 at 10x bf16's feature error, so it is not shipped.
 """
 from __future__ import annotations
@@ -28,12 +28,13 @@ BATCH = 16
 
 
 def graph(spec: Any, ranges: list[tuple[float, float]] | None = None, taps: list[Any] | None = None) -> Any:
-    """The Lite graph; with `ranges` every conv input and weight is fake-quantised, with `taps` the conv inputs are
-    collected (for calibration) instead."""
+    """`lite_fast.openvino_model`; with `ranges` every conv input and weight is fake-quantised, with `taps` the conv
+    inputs are collected and their per-image min and max added as outputs (for calibration)."""
     import openvino as ov
     import openvino.opset13 as ops
 
-    x = ops.parameter(ov.PartialShape([-1, 3, spec.size, spec.size]), ov.Type.f32, name="images")
+    from retrieval.encoders import lite_fast
+
     k = [0]
 
     def c(v: Any) -> Any:
@@ -43,46 +44,24 @@ def graph(spec: Any, ranges: list[tuple[float, float]] | None = None, taps: list
         if taps is not None:
             taps.append(h)
             return h
-        if ranges is None:
-            return h
-        lo, hi = ranges[k[0]]
+        lo, hi = ranges[k[0]]  # type: ignore[index]
         k[0] += 1
         lo = min(lo, 0.0)
         return ops.fake_quantize(h, c(lo), c(hi), c(lo), c(hi), 256)
 
     def weight(w: np.ndarray) -> Any:
-        if ranges is None:
-            return ops.constant(w)
         m = np.maximum(np.abs(w).max(axis=tuple(range(1, w.ndim)), keepdims=True), 1e-8)
         return ops.fake_quantize(ops.constant(w), c(-m), c(m), c(-m), c(m), 255)
 
-    def conv(h: Any, s: Any) -> Any:
-        h = act(h)
-        args = ([s.stride, s.stride], list(s.pads[:2]), list(s.pads[2:]), [1, 1])
-        if s.groups == 1:
-            y = ops.convolution(h, weight(s.weight), *args)
-        else:
-            o, i, kh, kw = s.weight.shape
-            y = ops.group_convolution(h, weight(s.weight.reshape(s.groups, o // s.groups, i, kh, kw)), *args)
-        y = ops.add(y, c(s.bias.reshape(1, -1, 1, 1)))
-        return ops.clamp(y, 0.0, 6.0) if s.relu6 else y
-
-    h = conv(x, spec.stem)
-    for b in spec.blocks:
-        y = conv(h, b.expand) if b.expand is not None else h
-        y = conv(conv(y, b.depthwise), b.project)
-        h = ops.add(y, h) if b.residual else y
-    h = conv(h, spec.head)
-    axes = ops.constant(np.array([2, 3], np.int64))
-    pooled = ops.reduce_mean(h, axes, keep_dims=False)
-    if spec.pool == "meanmax":
-        pooled = ops.concat([pooled, ops.reduce_max(h, axes, keep_dims=False)], 1)
-    outs = [pooled]
-    if taps is not None:
-        every = ops.constant(np.array([1, 2, 3], np.int64))
-        outs += [ops.reduce_min(t, every, keep_dims=False) for t in taps]
-        outs += [ops.reduce_max(t, every, keep_dims=False) for t in taps]
-    return ov.Model(outs, [x])
+    quantised = ranges is not None
+    model = lite_fast.openvino_model(spec, act if quantised or taps is not None else None, weight if quantised else None)
+    if taps is None:
+        return model
+    every = ops.constant(np.array([1, 2, 3], np.int64))
+    outs = [r.input_value(0) for r in model.get_results()]
+    outs += [ops.reduce_min(t, every, keep_dims=False).output(0) for t in taps]
+    outs += [ops.reduce_max(t, every, keep_dims=False).output(0) for t in taps]
+    return ov.Model(outs, model.get_parameters())
 
 
 def run(compiled: Any, X: np.ndarray) -> np.ndarray:

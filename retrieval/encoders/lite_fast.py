@@ -114,21 +114,26 @@ def openvino_available() -> bool:
     return True
 
 
-def openvino_model(spec: LiteSpec) -> Any:
-    """`spec` as an OpenVINO graph: (B,3,S,S) float32 normalised -> (B,1280) pooled features (B,2560 for "meanmax")."""
+def openvino_model(spec: LiteSpec, conv_input: Callable[[Any], Any] | None = None,
+                   conv_weight: Callable[[np.ndarray], Any] | None = None) -> Any:
+    """`spec` as an OpenVINO graph: (B,3,S,S) float32 normalised -> (B,1280) pooled features (B,2560 for "meanmax").
+    `conv_input` / `conv_weight` may rewrite each convolution's input node / weight constant (in graph order):
+    benchmarks/bench_int8.py fake-quantises them."""
     import openvino as ov
     import openvino.opset13 as ops
 
     x = ops.parameter(ov.PartialShape([-1, 3, spec.size, spec.size]), ov.Type.f32, name="images")
+    weight = conv_weight or ops.constant
 
     def conv(h: Any, c: ConvSpec) -> Any:
+        h = conv_input(h) if conv_input is not None else h
         args = ([c.stride, c.stride], list(c.pads[:2]), list(c.pads[2:]), [1, 1])
         if c.groups == 1:
-            y = ops.convolution(h, ops.constant(c.weight), *args)
+            y = ops.convolution(h, weight(c.weight), *args)
         else:
             o, i, kh, kw = c.weight.shape
             w = c.weight.reshape(c.groups, o // c.groups, i, kh, kw)
-            y = ops.group_convolution(h, ops.constant(w), *args)
+            y = ops.group_convolution(h, weight(w), *args)
         y = ops.add(y, ops.constant(c.bias.reshape(1, -1, 1, 1)))
         return ops.clamp(y, 0.0, 6.0) if c.relu6 else y
 
