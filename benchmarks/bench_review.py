@@ -68,35 +68,28 @@ def shipped_learner(own: Any, ZA: np.ndarray, VA: np.ndarray, yA: np.ndarray, Zr
 
 
 def _weighted_refit(own: Any, X: np.ndarray, Zall: np.ndarray, y: np.ndarray, n_rev: int, seed: int,
-                    features: Any, weight: float = 5.0, target: float = 0.97) -> Any:
-    """Logistic fusion over `X` (training + reviewed rows, reviewed weighted), threshold at `target` out-of-fold
-    recall, refused when the reviewed child rows' out-of-fold recall misses it -- the shipped refit's rules."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
-
-    from retrieval.policy.classifiers import threshold_for_recall
+                    features: Any, weight: float = 5.0) -> Any:
+    """The shipped refit's learner (`policy.refit.fit_fusion`) and rules (`policy.refit.refit_threshold`: folds,
+    threshold at 97 % out-of-fold recall, refusal) on another design matrix `X` (training + reviewed rows);
+    `features(Z, V)` builds X for any rows. None when the rules refuse."""
+    from retrieval.policy.refit import RefitRefusedError, fit_fusion, refit_threshold
 
     w = np.concatenate([np.ones(len(y) - n_rev), np.full(n_rev, weight)])
-    rev = np.arange(len(y)) >= len(y) - n_rev
-    strata = y.astype(int) * 2 + rev
-    if np.bincount(strata, minlength=4).min() < 5:
-        strata = y.astype(int)
+
+    def scorer(params: Any) -> Any:
+        mean, scale, coef, bias = params
+        return lambda XX, ZZ: np.where(own.person(ZZ), 1.0 / (1.0 + np.exp(-(((XX - mean) / scale) @ coef + bias))), 0.0)
 
     def fit(tr: np.ndarray) -> Any:
-        mu = np.average(X[tr], 0, w[tr])
-        sd = np.sqrt(np.average((X[tr] - mu) ** 2, 0, w[tr])) + 1e-6
-        lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000).fit((X[tr] - mu) / sd, y[tr],
-                                                                                  sample_weight=w[tr])
-        return lambda XX: lr.predict_proba((XX - mu) / sd)[:, 1]
+        score = scorer(fit_fusion(X[tr], y[tr], w[tr]))
+        return lambda rows: score(X[rows], Zall[rows])
 
-    oof = np.zeros(len(y))
-    for tr, va in StratifiedKFold(5, shuffle=True, random_state=seed).split(X, strata):
-        oof[va] = np.where(own.person(Zall[va]), fit(tr)(X[va]), 0.0)
-    t = threshold_for_recall(y, oof, target)
-    if (y & rev).any() and (oof[y & rev] >= t).mean() < target:
+    try:
+        t, _ = refit_threshold(fit, y, len(y) - n_rev, seed=seed)
+    except RefitRefusedError:
         return None
-    final = fit(np.arange(len(y)))
-    return (lambda Z, V: np.where(own.person(Z), final(features(Z, V)), 0.0)), t
+    final = scorer(fit_fusion(X, y, w))
+    return (lambda Z, V: final(features(Z, V), Z)), t
 
 
 def faceless_learner(own: Any, ZA: np.ndarray, VA: np.ndarray, yA: np.ndarray, Zr: np.ndarray, Vr: np.ndarray,

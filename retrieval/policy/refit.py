@@ -17,7 +17,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -98,10 +98,11 @@ def detection_rows(detections: Any) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
     return Z, ok
 
 
-def _fit(Z: FloatArray, y: npt.NDArray[np.bool_], w: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray, float]:
+def fit_fusion(X: FloatArray, y: npt.NDArray[np.bool_], w: FloatArray
+               ) -> tuple[FloatArray, FloatArray, FloatArray, float]:
+    """(mean, scale, weight, bias) of a weighted, class-balanced logistic regression on standardised columns of X."""
     from sklearn.linear_model import LogisticRegression
 
-    X = Z[:, :N_FUSED]
     mean, scale = np.average(X, 0, w), np.sqrt(np.average((X - np.average(X, 0, w)) ** 2, 0, w)) + 1e-6
     lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit((X - mean) / scale, y, sample_weight=w)
     return mean, scale, lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
@@ -118,8 +119,6 @@ def fit_refit(detector: ChildDetector, Z_rev: FloatArray, child_rev: npt.NDArray
               ) -> tuple[tuple[FloatArray, FloatArray, FloatArray, float], float, dict[str, Any]]:
     """Fusion parameters and threshold from the training rows + reviewed rows; raises RefitRefusedError when the
     out-of-fold recall on the reviewed "child" rows would fall below `target`. Returns (params, threshold, numbers)."""
-    from sklearn.model_selection import StratifiedKFold
-
     if detector.train_rows is None or detector.train_labels is None:
         raise RefitRefusedError("this model stores no training rows for a refit; retrain it with `retrieve train` "
                                 "(models from before operator review lack them)")
@@ -128,7 +127,25 @@ def fit_refit(detector: ChildDetector, Z_rev: FloatArray, child_rev: npt.NDArray
     Z = np.vstack([Zt, np.asarray(Z_rev, np.float64).reshape(-1, len(FEATURES))])
     y = np.concatenate([yt, np.asarray(child_rev, bool)])
     w = np.concatenate([np.ones(len(Zt)), np.full(len(child_rev), float(weight))])
-    source = np.concatenate([np.zeros(len(Zt), int), np.ones(len(child_rev), int)])
+
+    def fit(tr: npt.NDArray[np.int64]) -> Callable[[npt.NDArray[np.int64]], FloatArray]:
+        params = fit_fusion(Z[tr, :N_FUSED], y[tr], w[tr])
+        return lambda rows: _fused(detector, params, Z[rows])
+
+    threshold, numbers = refit_threshold(fit, y, len(Zt), target, seed)
+    return fit_fusion(Z[:, :N_FUSED], y, w), threshold, {**numbers, "review_weight": weight}
+
+
+def refit_threshold(fit: Callable[[npt.NDArray[np.int64]], Callable[[npt.NDArray[np.int64]], FloatArray]],
+                    y: npt.NDArray[np.bool_], n_train: int, target: float = TARGET_RECALL, seed: int = 0
+                    ) -> tuple[float, dict[str, Any]]:
+    """The refit's rules for any learner: `fit(rows)` trains on those rows (training rows first, then the `len(y) -
+    n_train` reviewed ones) and returns a scorer of row ids. Out-of-fold scores set the threshold at
+    `target` recall; RefitRefusedError when the reviewed "child" rows' out-of-fold recall falls below it.
+    Returns (threshold, numbers)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    source = (np.arange(len(y)) >= n_train).astype(int)
     oof = np.zeros(len(y))
     strata = y.astype(int) * 2 + source  # reviewed rows spread over the folds when there are enough of each kind
     if np.bincount(strata, minlength=4).min() < N_FOLDS:
@@ -137,18 +154,18 @@ def fit_refit(detector: ChildDetector, Z_rev: FloatArray, child_rev: npt.NDArray
     if n_splits < 2:
         raise RefitRefusedError("too few child or child-free images (training rows + decisions) to measure a refit's "
                                 "recall; record more decisions with `retrieve review`")
-    for tr, va in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(Z, strata):
-        oof[va] = _fused(detector, _fit(Z[tr], y[tr], w[tr]), Z[va])
+    for tr, va in StratifiedKFold(n_splits, shuffle=True, random_state=seed).split(np.zeros(len(y)), strata):
+        oof[va] = fit(tr)(va)
     threshold = threshold_for_recall(y, oof, target)
     rev = source == 1
     n_child = int((y & rev).sum())
     recall_rev = float((oof[y & rev] >= threshold).mean()) if n_child else float("nan")
     numbers = {"threshold": threshold, "target_recall": target, "oof_recall_all": float((oof[y] >= threshold).mean()),
                "oof_recall_reviewed_child": recall_rev, "reviewed_child": n_child,
-               "reviewed_none": int((~y & rev).sum()), "review_weight": weight}
+               "reviewed_none": int((~y & rev).sum())}
     if n_child and recall_rev < target:
         raise RefitRefusedError(
             f"a refit would withhold only {int((oof[y & rev] >= threshold).sum())} of the {n_child} images marked "
             f"'child' ({recall_rev:.0%} out of fold, the legal target is {target:.0%}); the current policy stays. "
             "Review more images (`retrieve review --next 20`) and refit again")
-    return _fit(Z, y, w), threshold, numbers
+    return threshold, numbers
