@@ -80,9 +80,12 @@ def images_per_s(compiled: Any, X: np.ndarray) -> float:
 
 def block_cosine(a: np.ndarray, b: np.ndarray, blocks: int) -> np.ndarray:
     """Per image, the smallest cosine over its pooled blocks (mean, max)."""
+    from retrieval.encoders.imagenet import LITE_WIDTH
+
     cs = []
     for j in range(blocks):
-        A, B = a[:, j * 1280:(j + 1) * 1280], b[:, j * 1280:(j + 1) * 1280]
+        cols = slice(j * LITE_WIDTH, (j + 1) * LITE_WIDTH)
+        A, B = a[:, cols], b[:, cols]
         cs.append((A * B).sum(1) / np.linalg.norm(A, axis=1) / np.linalg.norm(B, axis=1))
     return np.min(cs, axis=0)
 

@@ -144,7 +144,8 @@ def text_features(texts: Sequence[str], encoder_name: str, progress: Progress | 
     """Raw text features for `texts` (cached by encoder id + checksum + the exact text list)."""
 
     encoder = build_text_encoder(encoder_name, weights=TRAINING_TEXT_WEIGHTS)
-    key = _sha([encoder_name, encoder.checksum(), str(encoder.max_tokens), _sha(list(texts))])[:24]
+    key = _sha([encoder_name, encoder.checksum(), str(encoder.max_tokens), _sha(list(texts))]
+               + _precision_key(TRAINING_TEXT_WEIGHTS))[:24]
     path = _feature_dir() / f"txt-{encoder_name}-{key}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
